@@ -1,0 +1,1 @@
+"""Analysis layer: benchmarks now; aggregation, comparisons, figures and reports later."""

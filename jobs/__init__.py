@@ -1,0 +1,1 @@
+"""What runs: command-line entry points (and, later, sweep specs and executors)."""

@@ -1,0 +1,130 @@
+"""The ``nnqs`` command line.
+
+    nnqs target tfim --lattice 3x3 --boundary periodic --J 1 --h 1 --time 1
+    nnqs target hubbard --lattice 2x3 --filling 2,2 --u-initial 0 --u-final 4 --time 0.5 1
+    nnqs demo
+
+Errors are one line on stderr (exit status 2); ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from suite.targets import TARGETS, build_target, make_spec, target_summary
+
+
+def _lattice(text: str) -> tuple[int, int]:
+    try:
+        lx, ly = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LXxLY such as 3x3, got {text!r}") from None
+    return lx, ly
+
+
+def _filling(text: str) -> tuple[int, int]:
+    try:
+        n_up, n_down = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected N_UP,N_DOWN such as 2,2, got {text!r}"
+        ) from None
+    return n_up, n_down
+
+
+def _target_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Spec fields given on the command line (the rest keep the spec's defaults)."""
+    params: dict[str, Any] = {}
+    if args.lattice is not None:
+        params["lx"], params["ly"] = args.lattice
+    if args.boundary is not None:
+        params["periodic"] = args.boundary == "periodic"
+    if args.model == "tfim":
+        if args.filling is not None or args.hopping is not None or args.u_initial is not None:
+            raise ValueError("--filling, --hopping, --u-initial and --u-final are Hubbard options")
+        for name in ("J", "h"):
+            if getattr(args, name) is not None:
+                params[name] = getattr(args, name)
+    else:
+        if args.J is not None or args.h is not None:
+            raise ValueError("--J and --h are TFIM options")
+        if args.filling is not None:
+            params["n_up"], params["n_down"] = args.filling
+        for name in ("hopping", "u_initial", "u_final"):
+            if getattr(args, name) is not None:
+                params[name] = getattr(args, name)
+    return params
+
+
+def _cmd_target(args: argparse.Namespace) -> Any:
+    params = _target_params(args)
+    times = args.time if args.time is not None else [None]
+    specs = [make_spec(args.model, **params, **({} if t is None else {"time": t})) for t in times]
+    summaries = [target_summary(build_target(spec)) for spec in specs]
+    return summaries[0] if len(summaries) == 1 else summaries
+
+
+def _cmd_demo(args: argparse.Namespace) -> Any:
+    from jobs.demo import run_demo
+
+    return run_demo(train_size=args.train_size, width=args.width, depth=args.depth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnqs", description="Infinite neural network quantum states at HPC scale."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    target = commands.add_parser(
+        "target", help="build a quench target and print its summary as JSON"
+    )
+    target.add_argument("model", choices=sorted(TARGETS), help="physics model")
+    target.add_argument("--lattice", type=_lattice, help="LXxLY, e.g. 3x3")
+    target.add_argument("--boundary", choices=("open", "periodic"), help="boundary conditions")
+    target.add_argument("--J", type=float, help="TFIM Ising coupling")
+    target.add_argument("--h", type=float, help="TFIM transverse field")
+    target.add_argument("--filling", type=_filling, help="Hubbard N_UP,N_DOWN, e.g. 2,2")
+    target.add_argument("--hopping", type=float, help="Hubbard hopping t")
+    target.add_argument("--u-initial", type=float, help="Hubbard U0 of the initial ground state")
+    target.add_argument("--u-final", type=float, help="Hubbard U1 of the evolution")
+    target.add_argument("--time", type=float, nargs="+", help="evolution time(s)")
+    target.set_defaults(run=_cmd_target)
+
+    demo = commands.add_parser("demo", help="small local demo: target, kernels, summary")
+    demo.add_argument("--train-size", type=int, default=128)
+    demo.add_argument("--width", type=int, default=1024)
+    demo.add_argument("--depth", type=int, default=1)
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except (ValueError, TypeError) as error:
+        if args.debug:
+            raise
+        print(f"nnqs: error: {error}", file=sys.stderr)
+        return 2
+    json.dump(result, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

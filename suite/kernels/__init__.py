@@ -1,0 +1,1 @@
+"""Kernels of neural network quantum states: infinite width, empirical, fast discrete path."""
