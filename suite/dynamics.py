@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from suite.kernels.qsntk import PairKernel
+
 #: eigenvalues of Theta(X, X) at or below this fraction of the largest are null
 NULL_RTOL = 1e-12
 
@@ -105,7 +107,9 @@ def _filter(
     elif discrete:
         # 1 - (1 - rate)^t without cancellation: -expm1(t log1p(-rate)), sign-aware.
         base = 1.0 - rate
-        power = np.sign(base) ** time * np.exp(time * np.log(np.abs(base)))
+        # |base|**t, not exp(t log|base|): the latter is nan at t = 0 when base = 0
+        # (eta = eta_max / 2 puts lambda_max's rate at exactly 1).
+        power = np.sign(base) ** time * np.abs(base) ** time
         small = np.abs(rate) < 0.5
         decayed = np.where(
             small, -np.expm1(time * np.log1p(-np.where(small, rate, 0.0))), 1 - power
@@ -135,28 +139,34 @@ def predict_gd(
     learning_rate: float,
     times: Sequence[float],
     discrete: bool = False,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Ensemble mean ``(T, n)`` and covariance ``(T, n, n)`` of a GD-trained ensemble.
 
     ``y_train`` may be real or complex (the prediction is linear in it); the
     covariance is of each real part of the output (theory.md §5). Pass
     ``nngp_test_test=None`` to skip the covariance; pass its diagonal (1-d) to get
-    variances ``(T, n)`` only.
+    variances ``(T, n)`` only. ``batch_size`` is the B of the loss's ``1/(2B)``
+    (default: the number of rows of ``Theta(X, X)``; :func:`predict_nnqs` stacks the
+    real and imaginary parts, 2B rows for B points).
     """
     spectrum = train_spectrum(ntk_train_train)
     theta_xX = np.asarray(ntk_test_train, dtype=np.float64)
     k_XX = np.asarray(nngp_train_train, dtype=np.float64)
     k_xX = np.asarray(nngp_test_train, dtype=np.float64)
     y = np.asarray(y_train)
-    batch = spectrum.eigenvalues.size
-    if theta_xX.shape[1] != batch or k_xX.shape != theta_xX.shape or k_XX.shape != (batch, batch):
+    rows = spectrum.eigenvalues.size
+    batch = rows if batch_size is None else batch_size
+    if theta_xX.shape[1] != rows or k_xX.shape != theta_xX.shape or k_XX.shape != (rows, rows):
         raise ValueError(
             "kernel shapes disagree: ntk_test_train and nngp_test_train must be (n, B) and "
-            f"nngp_train_train (B, B) with B={batch}; got {theta_xX.shape}, {k_xX.shape}, "
+            f"nngp_train_train (B, B) with B={rows}; got {theta_xX.shape}, {k_xX.shape}, "
             f"{k_XX.shape}"
         )
-    if y.shape != (batch,):
-        raise ValueError(f"y_train must have shape ({batch},), got {y.shape}")
+    if y.shape != (rows,):
+        raise ValueError(f"y_train must have shape ({rows},), got {y.shape}")
+    if not (isinstance(batch, int) and batch > 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch!r}")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
     values = _check_times(times, discrete)
@@ -181,3 +191,90 @@ def predict_gd(
             cross = transfer @ kx_v.T
             covariances.append(k_xx + transfer @ k_v @ transfer.T - cross - cross.T)
     return np.stack(means), (np.stack(covariances) if covariances else None)
+
+
+def _stack(blocks: PairKernel) -> np.ndarray:
+    """``[[uu, uv], [vu, vv]]`` as one real matrix: the coupled kernel of ``(u, v)``."""
+    return np.block(
+        [
+            [np.asarray(blocks.uu), np.asarray(blocks.uv)],
+            [np.asarray(blocks.vu), np.asarray(blocks.vv)],
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class NNQSPrediction:
+    """Infinite-width ensemble of ``psi_t = u_t + i v_t`` at a list of times (theory.md §5).
+
+    ``mean`` is ``(T, n)`` complex; ``variance`` is ``Var u + Var v = E|psi - mean|^2``,
+    ``(T, n)``.
+    """
+
+    times: np.ndarray
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+def predict_nnqs(
+    ntk_train_train: PairKernel,
+    ntk_test_train: PairKernel,
+    nngp_train_train: PairKernel,
+    nngp_test_train: PairKernel,
+    nngp_test_diagonal: PairKernel,
+    y_train: np.ndarray,
+    learning_rate: float,
+    times: Sequence[float],
+    discrete: bool = False,
+) -> NNQSPrediction:
+    """Mean and variance of a GD-trained NNQS ensemble through its full QS-NTK (theory.md §4-§5).
+
+    For the loss ``(1/(2B)) sum_b |psi_b - phi_b|^2`` the real parameters flow as
+    ``d/dt [u; v] = -(eta/B) [[Theta_uu, Theta_uv], [Theta_vu, Theta_vv]] [u - Re phi; v - Im phi]``
+    on the train set, which is the QS-NTK equation
+    ``d/dt [psi; conj psi] = -eta sum_b Omega(x, x_b) [dl/d conj psi_b; dl/d psi_b]``
+    written in real coordinates. The coupled (shared-trunk, complex-output) case is
+    therefore one real kernel regression on ``2B`` outputs with that block kernel;
+    decoupled networks have zero off-diagonal blocks. ``nngp_test_diagonal`` holds
+    the covariance blocks at coincident test points (1-d ``uu`` and ``vv``; ``uv``,
+    ``vu`` are not needed for ``Var u + Var v``).
+    """
+    batch = np.shape(ntk_train_train.uu)[0]
+    y = np.asarray(y_train)
+    if y.shape != (batch,):
+        raise ValueError(f"y_train must have shape ({batch},), got {y.shape}")
+    diagonal = np.concatenate(
+        [np.asarray(nngp_test_diagonal.uu), np.asarray(nngp_test_diagonal.vv)]
+    )
+    mean, variance = predict_gd(
+        _stack(ntk_train_train),
+        _stack(ntk_test_train),
+        _stack(nngp_train_train),
+        _stack(nngp_test_train),
+        diagonal,
+        np.concatenate([y.real, y.imag]),
+        learning_rate,
+        times,
+        discrete=discrete,
+        batch_size=batch,
+    )
+    assert variance is not None
+    n = diagonal.size // 2
+    return NNQSPrediction(
+        np.asarray([float(t) for t in times]),
+        mean[:, :n] + 1j * mean[:, n:],
+        variance[:, :n] + variance[:, n:],
+    )
+
+
+def predicted_losses(prediction: NNQSPrediction, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Loss of the mean (paper Eq. 16) and mean of the losses (Eq. 17/18) on a set, ``(T,)`` each.
+
+    ``L_mean = (1/|S|) sum_x |mu_t(x) - phi(x)|^2`` and
+    ``L_ens = L_mean + (1/|S|) sum_x Var psi_t(x)`` (theory.md §5).
+    """
+    phi = np.asarray(phi)
+    if phi.shape != prediction.mean.shape[1:]:
+        raise ValueError(f"phi must have shape {prediction.mean.shape[1:]}, got {phi.shape}")
+    loss_of_mean = np.mean(np.abs(prediction.mean - phi) ** 2, axis=1)
+    return loss_of_mean, loss_of_mean + np.mean(prediction.variance, axis=1)

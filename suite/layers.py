@@ -38,19 +38,21 @@ class Kernel(NamedTuple):
     """Second moments between two inputs x, x' of one layer's units (theory.md §4).
 
     ``var1 = K(x, x)``, ``var2 = K(x', x')``, ``nngp = K(x, x')``,
-    ``dist = E[(z(x) - z(x'))^2] = K(x, x) + K(x', x') - 2 K(x, x')`` and
-    ``ntk = Theta(x, x')`` broadcast against each other (typically shapes
-    ``(n1, 1)``, ``(1, n2)``, ``(n1, n2)``); ``width`` is the number of units (the
-    fan-in of the next layer). ``dist`` is carried, not recomputed, so that it is
-    exactly zero for coincident inputs and free of cancellation near them: the
-    arc-cosine NTK is infinitely sensitive there, and the CosNet and GaussNet
-    kernels depend on nothing else.
+    ``dist = E[(z(x) - z(x'))^2] = K(x, x) + K(x', x') - 2 K(x, x')``,
+    ``total = E[(z(x) + z(x'))^2]`` and ``ntk = Theta(x, x')`` broadcast against
+    each other (typically shapes ``(n1, 1)``, ``(1, n2)``, ``(n1, n2)``); ``width``
+    is the number of units (the fan-in of the next layer). ``dist`` and ``total``
+    are carried, not recomputed, so that they are exactly zero for coincident and
+    for opposite inputs and free of cancellation near them: the arc-cosine NTK is
+    infinitely sensitive at both (its angle goes like a square root there), and the
+    CosNet and GaussNet kernels depend on ``dist`` alone.
     """
 
     var1: Array
     var2: Array
     nngp: Array
     dist: Array
+    total: Array
     ntk: Array
     width: int
 
@@ -68,12 +70,13 @@ def input_kernel(sq1: Array, sq2: Array, dot: Array, dim: int) -> Kernel:
 
     ``sq1 = |x|^2``, ``sq2 = |x'|^2`` and ``dot = x.x'``; inputs enter only through
     these, which is what the discrete fast path exploits. For integer inputs
-    ``|x - x'|^2 = sq1 + sq2 - 2 dot`` is exact.
+    ``|x -+ x'|^2 = sq1 + sq2 -+ 2 dot`` are exact.
     """
     scale = 1.0 / dim
-    nngp = dot * scale
     dist = jnp.maximum(sq1 + sq2 - 2 * dot, 0.0) * scale
-    return Kernel(sq1 * scale, sq2 * scale, nngp, dist, jnp.zeros_like(nngp), dim)
+    total = jnp.maximum(sq1 + sq2 + 2 * dot, 0.0) * scale
+    nngp = dot * scale
+    return Kernel(sq1 * scale, sq2 * scale, nngp, dist, total, jnp.zeros_like(nngp), dim)
 
 
 def kernel_of_inputs(x1: Array, x2: Array) -> Kernel:
@@ -83,12 +86,12 @@ def kernel_of_inputs(x1: Array, x2: Array) -> Kernel:
     return input_kernel(sq1, sq2, x1 @ x2.T, x1.shape[-1])
 
 
-def _check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
-def _check_width(name: str, value: int) -> None:
+def check_width(name: str, value: int) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
@@ -110,8 +113,8 @@ def dense(
     ``Theta' = K' + sw^2 Theta`` (the ``K'`` term only when the layer trains).
     Standard parameterisation: ``Theta' = n_in K + 1[bias] + sw^2 Theta``.
     """
-    _check_width("out_dim", out_dim)
-    _check_positive("sw", sw)
+    check_width("out_dim", out_dim)
+    check_positive("sw", sw)
     if sb is not None and not (math.isfinite(sb) and sb >= 0):
         raise ValueError(f"sb must be a non-negative number or None, got {sb!r}")
     if parameterization not in ("ntk", "standard"):
@@ -138,13 +141,14 @@ def dense(
     def kernel(k: Kernel) -> Kernel:
         var1, var2, nngp = (sw**2 * v + b_var for v in (k.var1, k.var2, k.nngp))
         dist = sw**2 * k.dist
+        total = sw**2 * k.total + 4 * b_var
         ntk = sw**2 * k.ntk
         if trainable:
             if parameterization == "ntk":
                 ntk = ntk + nngp
             else:
                 ntk = ntk + k.width * k.nngp + (1.0 if sb is not None else 0.0)
-        return Kernel(var1, var2, nngp, dist, ntk, out_dim)
+        return Kernel(var1, var2, nngp, dist, total, ntk, out_dim)
 
     return Layer(init, apply, kernel)
 
@@ -167,24 +171,29 @@ def relu() -> Layer:
     With ``c = K12/sqrt(K11 K22)`` and ``th = arccos c``:
     ``K12' = sqrt(K11 K22) J(th) / (2 pi)``, ``J = sin th + (pi - th) cos th``,
     ``K11' = K11/2`` and ``Theta' = Theta (pi - th) / (2 pi)``. The angle comes from
-    ``1 - c = (dist - (|z| - |z'|)^2) / (2 |z||z'|)``, exact at coincident inputs.
+    ``1 -+ c = (E(z -+ z')^2 - (|z| - |z'|)^2) / (2 |z||z'|)``, exact at coincident
+    and at opposite inputs.
     """
 
     def kernel(k: Kernel) -> Kernel:
         root1, root2 = _safe_sqrt(k.var1), _safe_sqrt(k.var2)
         norm = root1 * root2
         safe = jnp.where(norm > 0, norm, 1.0)
+        # 1 -+ c from the carried E(z -+ z')^2: each exactly zero at its singular point
         gap = jnp.maximum(k.dist - (root1 - root2) ** 2, 0.0)
+        gap_plus = jnp.maximum(k.total - (root1 - root2) ** 2, 0.0)
         one_minus = jnp.where(norm > 0, jnp.clip(gap / (2 * safe), 0.0, 2.0), 1.0)
-        one_plus = 2.0 - one_minus
-        theta = 2.0 * jnp.arctan2(jnp.sqrt(one_minus), jnp.sqrt(one_plus))
+        one_plus = jnp.where(norm > 0, jnp.clip(gap_plus / (2 * safe), 0.0, 2.0), 1.0)
+        theta = 2.0 * jnp.arctan2(jnp.sqrt(gap), jnp.sqrt(gap_plus))
         sin = jnp.sqrt(one_minus * one_plus)
         # pi - J(th) = pi (1 - cos th) + th cos th - sin th, kept apart from J itself
         deficit = jnp.pi * one_minus + theta * (one_plus - 1.0) - sin
         nngp = norm * (jnp.pi - deficit) / (2 * jnp.pi)
         dist = (root1 - root2) ** 2 / 2 + norm * deficit / jnp.pi
         derivative = (jnp.pi - theta) / (2 * jnp.pi)
-        return Kernel(k.var1 / 2, k.var2 / 2, nngp, dist, k.ntk * derivative, k.width)
+        var1, var2 = k.var1 / 2, k.var2 / 2
+        total = var1 + var2 + 2 * nngp
+        return Kernel(var1, var2, nngp, dist, total, k.ntk * derivative, k.width)
 
     return _stateless(jax.nn.relu, kernel)
 
@@ -206,7 +215,8 @@ def erf_activation() -> Layer:
         nngp = arcsine(2 * k.nngp, jnp.sqrt(a1 * a2))
         dist = jnp.maximum(var1 + var2 - 2 * nngp, 0.0)
         derivative = (4 / jnp.pi) / _safe_sqrt(a1 * a2 - 4 * k.nngp**2)
-        return Kernel(var1, var2, nngp, dist, k.ntk * derivative, k.width)
+        total = var1 + var2 + 2 * nngp
+        return Kernel(var1, var2, nngp, dist, total, k.ntk * derivative, k.width)
 
     return _stateless(erf, kernel)
 
@@ -219,8 +229,8 @@ def cos_features(width: int, s0: float, trainable: bool = True) -> Layer:
     ``Theta' = K' (Theta_z + [trainable] (s0^2 K + 1))`` with ``Theta_z = s0^2 Theta``
     (the ``+1`` is the phase's own gradient).
     """
-    _check_width("width", width)
-    _check_positive("s0", s0)
+    check_width("width", width)
+    check_positive("s0", s0)
 
     def init(key: Array, in_dim: int) -> tuple[int, Params]:
         kw, kb = jax.random.split(key)
@@ -239,7 +249,7 @@ def cos_features(width: int, s0: float, trainable: bool = True) -> Layer:
         dist = -jnp.expm1(-0.5 * s0**2 * k.dist)
         ntk_z = s0**2 * k.ntk + (s0**2 * k.nngp + 1.0 if trainable else 0.0)
         half1, half2 = jnp.full_like(k.var1, 0.5), jnp.full_like(k.var2, 0.5)
-        return Kernel(half1, half2, nngp, dist, nngp * ntk_z, width)
+        return Kernel(half1, half2, nngp, dist, 1.0 + 2 * nngp, nngp * ntk_z, width)
 
     return Layer(init, apply, kernel)
 
@@ -251,8 +261,8 @@ def exp_features(width: int, s0: float, sb: float = 1.0, trainable: bool = True)
     the input only, so it must be the first layer (its input is deterministic).
     ``K' = exp(-E[(z-z')^2]/2)`` and ``Theta' = K' (s0^2 Theta + [trainable] K_z)``.
     """
-    _check_width("width", width)
-    _check_positive("s0", s0)
+    check_width("width", width)
+    check_positive("s0", s0)
     if not (math.isfinite(sb) and sb >= 0):
         raise ValueError(f"sb must be a non-negative number, got {sb!r}")
 
@@ -273,7 +283,7 @@ def exp_features(width: int, s0: float, sb: float = 1.0, trainable: bool = True)
         dist = -2.0 * jnp.expm1(-0.5 * s0**2 * k.dist)
         ntk_z = s0**2 * k.ntk + (s0**2 * k.nngp + sb**2 if trainable else 0.0)
         one1, one2 = jnp.ones_like(k.var1), jnp.ones_like(k.var2)
-        return Kernel(one1, one2, nngp, dist, nngp * ntk_z, width)
+        return Kernel(one1, one2, nngp, dist, 2.0 + 2 * nngp, nngp * ntk_z, width)
 
     return Layer(init, apply, kernel)
 

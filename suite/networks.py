@@ -31,6 +31,7 @@ from suite.layers import (
     Layer,
     Parameterization,
     Params,
+    check_width,
     cos_features,
     dense,
     erf_activation,
@@ -60,6 +61,7 @@ def mlp_trunk(
     """
     if not (isinstance(depth, int) and depth >= 1):
         raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    check_width("width", width)  # here, so the error names mlp's parameter, not dense's
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     hidden = [dense(width, sw, sb, parameterization) for _ in range(depth)]

@@ -10,6 +10,7 @@ the largest reference magnitude. The directory comes from ``NNQS_PARITY_DIR``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -34,9 +35,8 @@ KERNEL_GROUPS = ("relu-ntk", "erf-ntk", "relu-standard", "cosnet")
 Reference = tuple[list[dict[str, Any]], dict[str, np.ndarray]]
 
 
-@pytest.fixture(scope="module")
-def reference() -> Reference:
-    """The cases and arrays of ``reference.npz``; fails (not skips) when it is missing."""
+def load_reference() -> Reference:
+    """The cases and arrays of ``reference.npz``; the calling test fails (not skips) without it."""
     path = Path(os.environ.get("NNQS_PARITY_DIR", ROOT / ".parity")) / "reference.npz"
     if not path.is_file():
         pytest.fail(
@@ -44,6 +44,11 @@ def reference() -> Reference:
             "environment and writes the reference)",
             pytrace=False,
         )
+    return _read(path)
+
+
+@functools.cache
+def _read(path: Path) -> Reference:
     with np.load(path) as npz:
         data = {key: npz[key] for key in npz.files}
     return json.loads(str(data.pop("cases"))), data
@@ -86,9 +91,9 @@ def report(errors: dict[str, float], rtol: float) -> str:
 
 
 @pytest.mark.parametrize("kernel_group", KERNEL_GROUPS)
-def test_kernels_match_neural_tangents(reference: Reference, kernel_group: str) -> None:
+def test_kernels_match_neural_tangents(kernel_group: str) -> None:
     """NNGP and NTK Gram matrices, by every route ``gram`` offers for the inputs."""
-    cases, data = reference
+    cases, data = load_reference()
     selected = [c for c in cases if c["family"] != "predict" and group(c) == kernel_group]
     assert selected, f"the reference has no {kernel_group} case: rerun `make parity`"
     errors = {}
@@ -104,12 +109,13 @@ def test_kernels_match_neural_tangents(reference: Reference, kernel_group: str) 
                 ref = data[f"{case['name']}/{quantity}"]
                 key = f"{case['name']} {method} {quantity}"
                 errors[key] = relative_difference(getattr(k, quantity), ref)
-    assert max(errors.values()) <= KERNEL_RTOL, report(errors, KERNEL_RTOL)
+    worst = max(errors.values())
+    assert worst <= KERNEL_RTOL, report(errors, KERNEL_RTOL)
 
 
-def test_predictions_match_neural_tangents(reference: Reference) -> None:
+def test_predictions_match_neural_tangents() -> None:
     """Ensemble mean and covariance of gradient descent (``get='ntk'``) at several times."""
-    cases, data = reference
+    cases, data = load_reference()
     selected = [c for c in cases if c["family"] == "predict"]
     assert selected, "the reference has no prediction case: rerun `make parity`"
     errors = {}
@@ -133,4 +139,5 @@ def test_predictions_match_neural_tangents(reference: Reference) -> None:
         )
         errors[f"{case['name']} mean"] = relative_difference(mean, data[f"{case['name']}/mean"])
         errors[f"{case['name']} cov"] = relative_difference(cov, data[f"{case['name']}/cov"])
-    assert max(errors.values()) <= PREDICTION_RTOL, report(errors, PREDICTION_RTOL)
+    worst = max(errors.values())
+    assert worst <= PREDICTION_RTOL, report(errors, PREDICTION_RTOL)

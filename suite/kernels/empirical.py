@@ -10,6 +10,8 @@ once, in blocks; the first argument's points stream through in blocks of
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ Array = jax.Array
 def _blocks(x: Array, block: int) -> tuple[Array, int]:
     """``x`` padded to a multiple of ``block`` rows and reshaped to ``(n_blocks, block, d)``."""
     n = x.shape[0]
+    block = min(block, n)
     pad = (-n) % block
     padded = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
     return padded.reshape(-1, block, x.shape[1]), n
@@ -63,16 +66,50 @@ def _check_block(block: int) -> None:
         raise ValueError(f"block must be a positive integer, got {block!r}")
 
 
+@partial(jax.jit, static_argnames=("parts", "block"))
+def _parts_gram(
+    parts: Callable[[Params, Array], Array], params: Params, x1: Array, x2: Array, block: int
+) -> Array:
+    """Tangent Gram blocks of the real outputs ``parts(params, x) -> (A, n)``.
+
+    ``parts`` is static (a network's own function, hashable and stable), so each
+    network compiles once however often it is called.
+    """
+    trainable, frozen = params
+    theta, unravel = ravel_pytree(trainable)
+    if theta.size == 0:
+        raise ValueError("params has no trainable parameters: the tangent kernel is zero")
+
+    def outputs(flat: Array, x: Array) -> Array:
+        return parts((unravel(flat), frozen), x)
+
+    return _jacobian_gram(outputs, theta, x1, x2, block)
+
+
+@dataclass(frozen=True)
+class _FirstOutput:
+    """``apply(params, x)[..., 0]`` as a ``(1, n)`` array; hashable by ``apply``."""
+
+    apply: Callable[[Params, Array], Array]
+
+    def __call__(self, params: Params, x: Array) -> Array:
+        return self.apply(params, x)[..., 0][None]
+
+
+@dataclass(frozen=True)
+class _StackedParts:
+    """``jnp.stack(nnqs.parts(params, x))``, ``(2, n)``; hashable by ``parts``."""
+
+    parts: Callable[[Params, Array], tuple[Array, Array]]
+
+    def __call__(self, params: Params, x: Array) -> Array:
+        return jnp.stack(self.parts(params, x))
+
+
 def empirical_ntk(layer: Layer, params: Params, x1: Array, x2: Array, block: int = 128) -> Array:
     """NTK ``Theta(x1, x2)`` of a real network with one output, ``(n1, n2)``."""
     _check_block(block)
-    trainable, frozen = params
-    theta, unravel = ravel_pytree(trainable)
-
-    def outputs(flat: Array, x: Array) -> Array:
-        return layer.apply((unravel(flat), frozen), x)[..., 0][None]
-
-    return jax.jit(_jacobian_gram, static_argnums=(0, 4))(outputs, theta, x1, x2, block)[0, 0]
+    return _parts_gram(_FirstOutput(layer.apply), params, x1, x2, block)[0, 0]
 
 
 def empirical_qs_ntk(
@@ -80,11 +117,5 @@ def empirical_qs_ntk(
 ) -> PairKernel:
     """Empirical QS-NTK blocks ``Theta_uu, Theta_uv, Theta_vu, Theta_vv`` of an NNQS."""
     _check_block(block)
-    trainable, frozen = params
-    theta, unravel = ravel_pytree(trainable)
-
-    def outputs(flat: Array, x: Array) -> Array:
-        return jnp.stack(nnqs.parts((unravel(flat), frozen), x))
-
-    g = jax.jit(_jacobian_gram, static_argnums=(0, 4))(outputs, theta, x1, x2, block)
+    g = _parts_gram(_StackedParts(nnqs.parts), params, x1, x2, block)
     return PairKernel(g[0, 0], g[0, 1], g[1, 0], g[1, 1])

@@ -32,6 +32,8 @@ T = TypeVar("T")
 Method = Literal["auto", "direct", "table"]
 #: the table route is used by ``method="auto"`` up to this many table entries
 MAX_TABLE_ENTRIES = 1 << 20
+#: dot products the float32 index matmul represents exactly
+MAX_EXACT_DOT = 1 << 24
 
 
 class DiscreteStats:
@@ -117,7 +119,10 @@ def _gather(
 
 @partial(jax.jit, static_argnames="fn", donate_argnames="out")
 def _direct(fn: Callable[[Kernel], T], x1: Array, x2: Array, out: T | None) -> T:
-    values = fn(kernel_of_inputs(x1, x2))
+    # every leaf as a full (n1, n2) Gram matrix, also those that depend on one input only
+    # (a Kernel's var1, var2) or on none (its width), as the table route returns them
+    shape = (x1.shape[0], x2.shape[0])
+    values = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, shape), fn(kernel_of_inputs(x1, x2)))
     return values if out is None else jax.tree.map(_fill, out, values)
 
 
@@ -147,6 +152,14 @@ def gram(
     if method == "table" and not discrete:
         raise ValueError("method='table' needs integer-valued inputs (|x| < 1024)")
     stats = DiscreteStats(x1n, x2n) if discrete else None
+    if stats is not None and stats.half_range >= MAX_EXACT_DOT:
+        # the table index comes from a float32 matmul, exact only below 2^24
+        if method == "table":
+            raise ValueError(
+                f"method='table' needs |x.x'| < 2^24 for an exact index, got inputs with "
+                f"|x||x'| up to {stats.half_range}"
+            )
+        stats = None
     if (
         method == "direct"
         or stats is None
@@ -158,7 +171,10 @@ def gram(
 
 @partial(jax.jit, static_argnames="fn")
 def _tables(fn: Callable[[Kernel], T], table_kernel: Kernel) -> T:
-    return jax.tree.map(jnp.ravel, fn(table_kernel))
+    # broadcast before ravelling: a leaf of a smaller shape (a Kernel's var1, var2 or
+    # width) would otherwise be gathered with out-of-range, clipped, indices
+    shape = table_kernel.nngp.shape
+    return jax.tree.map(lambda leaf: jnp.ravel(jnp.broadcast_to(leaf, shape)), fn(table_kernel))
 
 
 def table_gram(

@@ -11,26 +11,38 @@ Inputs (deterministic, stored in the file):
 * ``spin9``: rows of the 512 spin configurations of 9 sites (the ``SpinBasis``
   convention: site ``i`` of state ``k`` is ``+1`` iff bit ``8 - i`` of ``k`` is 0), in
   the order of ``default_rng(1).permutation(512)``: ``x1`` rows 0-63, ``x2`` rows
-  32-95 (32 shared rows, so the Gram matrices hold exact duplicates);
+  32-87 and the negatives of rows 0-7, so the Gram matrices hold coincident and
+  antipodal pairs (the arc-cosine NTK's singular points, ``c = +-1``);
 * ``hubbard8``: integer site states in ``0..3`` on 8 sites (several row norms: the
   labelled table route of ``suite.kernels.gram``), ``x1`` rows 0-39, ``x2`` rows 24-63;
-* ``real9``: Gaussian rows with scales in ``[0.5, 2]`` (the direct route), ``x1`` rows
-  0-29, ``x2`` rows 15-39.
+* ``real9``: generic Gaussian rows with scales in ``[0.5, 2]`` (the direct route),
+  ``x1`` and ``x2`` disjoint;
+* ``dyadic9``: such rows rounded to multiples of 1/64, with coincident and antipodal
+  pairs as in ``spin9``. At ``c = +-1`` the ReLU NTK is infinitely sensitive
+  (``theta ~ sqrt(2 (1 - c))``): one rounding in ``|x|^2`` or ``x.x'`` moves it by
+  ~1e-9. With generic reals neural-tangents itself misses the exact coincident value
+  ``Theta(x, x)`` by up to 1.6e-9 where its ``sum(x**2)`` and ``x @ x`` differ in the
+  last bit, so such pairs are tested on dyadic rows, whose statistics are exact.
+* predictions: 48 train and 32 test spin configurations of 8 sites with Gaussian
+  targets (depth 1, ``lr=1``), and 40 train and 25 test dyadic rows of 6 features with
+  targets ``sin(x_0 + x_1^2)`` (depth 2, ``lr=0.5``); times ``TIMES`` (in steps, with
+  ``inf``).
 
 Cases: ReLU and Erf MLPs in NTK parameterisation at depth 1-3 with and without
 biases (``b_std=None`` for ``sb=None``), ReLU MLPs in standard parameterisation,
 CosNet, and ``gradient_descent_mse_ensemble`` predictions (``get='ntk'``, mean and
-covariance) on spin and real inputs.
+covariance) on spin and dyadic real inputs.
 
 CosNet (theory.md §3). Our feature is ``cos(z + b)``, ``b ~ U(-pi, pi)`` a trainable
 phase, ``z = (s0/sqrt(d)) W0 x``. neural-tangents has deterministic phases only, so the
 reference is ``Dense(w, W_std=s0, b_std=1) -> Sin(c=pi/4) -> Dense(1, W_std=s1,
-b_std=None)``, the same kernel pair because for centred Gaussians ``u, v`` and any
-centred symmetric phase ``beta`` independent of them,
+b_std=None)``, the same kernel pair because for a centred Gaussian pair ``u, v`` and
+any phase ``beta`` independent of it,
 ``E[sin(u+beta+c) sin(v+beta+c)] = (E cos(u-v) - cos(2c) E cos(u+v+2 beta)) / 2``
 and ``E[cos(u+beta+c) cos(v+beta+c)] = (E cos(u-v) + cos(2c) E cos(u+v+2 beta)) / 2``:
-with ``c = pi/4`` (``cos 2c = 0``) both are ``E cos(u-v)/2 = exp(-E(u-v)^2/2)/2``, our
-uniform-phase values for the NNGP and the derivative kernel. The bias ``beta = b``
+with ``c = pi/4`` (``cos 2c = 0``) both are ``E cos(u-v)/2 = exp(-E(u-v)^2/2)/2``, which
+are also our uniform-phase values (there ``E_b cos(u+v+2b) = 0``) for the NNGP and the
+derivative kernel. The bias ``beta = b``
 (``b_std=1``) drops out of ``u - v`` and so of the NNGP, and its gradient adds
 ``b_std^2 = 1`` to the pre-activation NTK: our ``+1`` for the trainable phase. With
 frozen features (``train_features=False``) our NTK is the readout-only kernel, which is
@@ -58,6 +70,7 @@ WIDTH = 512
 MLP_SETTINGS: tuple[tuple[float, float | None], ...] = (
     (1.0, 0.0),
     (1.0, None),
+    (1.2, 0.0),
     (1.5, 0.1),
     (math.sqrt(2.0), 0.5),
 )
@@ -68,6 +81,8 @@ STANDARD_SETTINGS: tuple[tuple[float, float | None, int], ...] = (
     (1.5, 0.3, 128),
 )
 COSNET_SETTINGS: tuple[tuple[float, float], ...] = ((0.5, 1.0), (1.0, 2.0), (3.0, 0.7))
+#: denominator of the dyadic real inputs
+DYADIC = 64
 #: gradient-descent times in units of steps; ``inf`` is the converged limit
 TIMES = (0.0, 1.0, 10.0, 100.0, 1000.0, math.inf)
 
@@ -85,20 +100,23 @@ def make_inputs() -> dict[str, np.ndarray]:
     hubbard = np.random.default_rng(2).integers(0, 4, size=(64, 8)).astype(np.float64)
     assert np.all(hubbard.sum(axis=1) > 0), "a zero row has no angle: choose another seed"
     rng = np.random.default_rng(3)
-    real = rng.standard_normal((40, 9)) * rng.uniform(0.5, 2.0, size=(40, 1))
+    real = rng.standard_normal((55, 9)) * rng.uniform(0.5, 2.0, size=(55, 1))
+    rng = np.random.default_rng(7)
+    dyadic = dyadic_rows(rng.standard_normal((40, 9)) * rng.uniform(0.5, 2.0, size=(40, 1)))
 
     spins8 = spin_configurations(8)[np.random.default_rng(4).permutation(256)]
     y_spin = np.random.default_rng(5).standard_normal((48, 1))
-    rng = np.random.default_rng(6)
-    real6 = rng.standard_normal((65, 6))
+    real6 = dyadic_rows(np.random.default_rng(6).standard_normal((65, 6)))
     y_real = np.sin(real6[:40, :1] + real6[:40, 1:2] ** 2)
     return {
         "inputs/spin9/x1": spins[:64],
-        "inputs/spin9/x2": spins[32:96],
+        "inputs/spin9/x2": np.concatenate([spins[32:88], -spins[:8]]),
         "inputs/hubbard8/x1": hubbard[:40],
         "inputs/hubbard8/x2": hubbard[24:64],
         "inputs/real9/x1": real[:30],
-        "inputs/real9/x2": real[15:40],
+        "inputs/real9/x2": real[30:],
+        "inputs/dyadic9/x1": dyadic[:30],
+        "inputs/dyadic9/x2": np.concatenate([dyadic[15:30], -dyadic[:5], dyadic[30:]]),
         "inputs/spin8_train/x": spins8[:48],
         "inputs/spin8_test/x": spins8[48:80],
         "inputs/spin8_train/y": y_spin,
@@ -106,6 +124,17 @@ def make_inputs() -> dict[str, np.ndarray]:
         "inputs/real6_test/x": real6[40:],
         "inputs/real6_train/y": y_real,
     }
+
+
+def dyadic_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to multiples of 1/64: every ``|x|^2`` and ``x.x'`` is exact in float64.
+
+    Not integer-valued, so ``gram`` takes the direct route; exact input statistics make
+    coincident and antipodal pairs exact for both libraries (module docstring).
+    """
+    rows = np.round(x * DYADIC) / DYADIC
+    assert np.all(np.abs(rows) < 16) and not np.all(rows == np.round(rows))
+    return rows
 
 
 def mlp_kernel_fn(spec: dict[str, Any]) -> Any:
@@ -134,7 +163,7 @@ def cosnet_kernel_fn(spec: dict[str, Any]) -> Any:
 def make_cases() -> list[dict[str, Any]]:
     """Every case, as the JSON-serialisable description both sides build their network from."""
     cases: list[dict[str, Any]] = []
-    for inputs in ("spin9", "hubbard8", "real9"):
+    for inputs in ("spin9", "hubbard8", "real9", "dyadic9"):
         for depth in (1, 2, 3):
             for sw, sb in MLP_SETTINGS:
                 cases.append(mlp_case(inputs, depth, "relu", sw, sb, "ntk", WIDTH))

@@ -1,0 +1,88 @@
+"""The ``nnqs`` command line: target summaries, the demo, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import suite  # noqa: F401  (enables float64)
+from jobs.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_target_tfim_summary_matches_theory(capsys: pytest.CaptureFixture[str]) -> None:
+    """TFIM quench from all-up: <H> = -J x (number of bonds), dimension 2^N (theory.md §2)."""
+    status, out, _ = run_cli(
+        capsys, "target", "tfim", "--lattice", "3x2", "--boundary", "open", "--J", "0.7"
+    )
+    assert status == 0
+    summary = json.loads(out)
+    assert summary["dimension"] == 2**6
+    assert summary["energy"] == pytest.approx(-0.7 * 7, abs=1e-10)  # 3x2 open: 7 bonds
+    assert summary["norm"] == pytest.approx(1.0, abs=1e-10)
+    assert summary["initial_energy"] is None
+    assert 0.0 <= summary["loschmidt_echo"] <= 1.0
+    assert summary["n_subsystem_sites"] == 3
+
+
+def test_target_hubbard_several_times(capsys: pytest.CaptureFixture[str]) -> None:
+    """Several times give a list; the initial ground energy at U0 = 0 is -4 - 2 sqrt 2 on 2x3."""
+    status, out, _ = run_cli(
+        capsys, "target", "hubbard", "--filling", "2,2", "--time", "0", "0.5", "1"
+    )
+    assert status == 0
+    summaries = json.loads(out)
+    assert [s["parameters"]["time"] for s in summaries] == [0.0, 0.5, 1.0]
+    assert summaries[0]["loschmidt_echo"] == pytest.approx(1.0, abs=1e-12)
+    for s in summaries:
+        assert s["dimension"] == 225
+        assert s["initial_energy"] == pytest.approx(-4 - 2 * 2**0.5, abs=1e-9)
+    assert summaries[1]["energy"] == pytest.approx(summaries[2]["energy"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["target", "tfim", "--lattice", "0x3"], "lx"),
+        (["target", "hubbard", "--filling", "7,1"], "n_up"),
+        (["target", "tfim", "--lattice", "6x6"], "dimension"),
+        (["target", "tfim", "--filling", "1,1"], "--filling"),
+        (["target", "hubbard", "--lattice", "2x2", "--u-initial", "0"], "u_initial"),
+    ],
+)
+def test_target_bad_input_is_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], names: str
+) -> None:
+    """Bad input: exit status 2, one line on stderr that names the parameter, no output."""
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("nnqs: error:")
+    assert names in err
+
+
+def test_unknown_model_is_rejected_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["target", "heisenberg"])
+    assert exit_info.value.code == 2
+    assert "heisenberg" in capsys.readouterr().err
+
+
+def test_demo_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """The quick-start demo: PD train kernel, learning rate 0.5 eta_max, losses that fall."""
+    status, out, _ = run_cli(capsys, "demo", "--train-size", "64", "--width", "256")
+    assert status == 0
+    summary = json.loads(out)
+    assert summary["target"]["name"] == "tfim-3x3-pbc"
+    spectrum = summary["ntk_train_spectrum"]
+    assert spectrum["min"] > 0
+    assert summary["learning_rate"] == pytest.approx(0.5 * 2 * 64 / spectrum["max"])
+    losses = summary["infinite_width_test_loss"]
+    assert losses["t=inf"] < losses["t=0"]
+    assert 0 < summary["empirical_vs_infinite_hermitian_ntk"] < 0.5
