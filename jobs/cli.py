@@ -3,6 +3,7 @@
     nnqs target tfim --lattice 3x3 --boundary periodic --J 1 --h 1 --time 1
     nnqs target hubbard --lattice 2x3 --filling 2,2 --u-initial 0 --u-final 4 --time 0.5 1
     nnqs demo
+    nnqs dynamics --model tfim --widths 64 256 1024 --members 64 --out runs/fig2.json
 
 Errors are one line on stderr (exit status 2); ``--debug`` shows the traceback.
 """
@@ -75,6 +76,42 @@ def _cmd_demo(args: argparse.Namespace) -> Any:
     return run_demo(train_size=args.train_size, width=args.width, depth=args.depth)
 
 
+def _cmd_dynamics(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from jobs.dynamics import DynamicsStudy, run_dynamics_study, write_json
+
+    study = DynamicsStudy(
+        model=args.model,
+        kind=args.kind,
+        depth=args.depth,
+        widths=tuple(args.widths),
+        train_size=args.train_size,
+        train_sizes=tuple(args.train_sizes),
+        lr_factor=args.lr_factor,
+        members=args.members,
+        log_points=args.log_points,
+        max_steps=args.max_steps or None,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
+    result = run_dynamics_study(study)
+    path = write_json(result, Path(args.out))
+    return {
+        "written": str(path),
+        "seconds": result["seconds"],
+        "deviation_exponent_vs_width": result["deviation_exponent_vs_width"],
+        "max_deviation_continuous": {
+            width: max(entry["deviation_continuous"].values())
+            for width, entry in result["finite"].items()
+        },
+        "max_deviation_discrete": {
+            width: max(entry["deviation_discrete"].values())
+            for width, entry in result["finite"].items()
+        },
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnqs", description="Infinite neural network quantum states at HPC scale."
@@ -102,6 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=1024)
     demo.add_argument("--depth", type=int, default=1)
     demo.set_defaults(run=_cmd_demo)
+    dynamics = commands.add_parser(
+        "dynamics",
+        help="training dynamics study (paper Figs. 2-3): finite ensembles vs infinite width",
+    )
+    dynamics.add_argument("--model", choices=sorted(TARGETS), default="tfim")
+    dynamics.add_argument(
+        "--kind", choices=("decoupled", "shared_trunk", "complex_output"), default="decoupled"
+    )
+    dynamics.add_argument("--depth", type=int, default=1)
+    dynamics.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
+    dynamics.add_argument("--train-size", type=int, default=128, help="B of the loss curves")
+    dynamics.add_argument(
+        "--train-sizes",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64, 128, 256],
+        help="train-set sizes of the final-loss scan (Fig. 3)",
+    )
+    dynamics.add_argument("--lr-factor", type=float, default=0.5, help="eta / eta_max")
+    dynamics.add_argument("--members", type=int, default=64, help="ensemble size M")
+    dynamics.add_argument("--log-points", type=int, default=16)
+    dynamics.add_argument(
+        "--max-steps",
+        type=int,
+        default=2000,
+        help="cap on the logged steps (0: up to the infinite-width convergence step)",
+    )
+    dynamics.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    dynamics.add_argument("--seed", type=int, default=0)
+    dynamics.add_argument("--out", default="runs/dynamics.json", help="output JSON path")
+    dynamics.set_defaults(run=_cmd_dynamics)
     return parser
 
 

@@ -186,7 +186,8 @@ def predict_gd(
         k_xx = np.asarray(nngp_test_test, dtype=np.float64)
         if k_xx.ndim == 1:
             cross = np.einsum("nb,nb->n", transfer, kx_v)
-            covariances.append(k_xx + np.einsum("nb,bc,nc->n", transfer, k_v, transfer) - 2 * cross)
+            quadratic = np.sum((transfer @ k_v) * transfer, axis=1)
+            covariances.append(k_xx + quadratic - 2 * cross)
         else:
             cross = transfer @ kx_v.T
             covariances.append(k_xx + transfer @ k_v @ transfer.T - cross - cross.T)

@@ -1,0 +1,229 @@
+"""The training-dynamics study (paper Figs. 2-3): finite ensembles against infinite width.
+
+For one quench target, one architecture family and a grid of widths and train-set
+sizes: the infinite-width loss curves (continuous time and exact discrete steps,
+and t = inf) and those of GD-trained finite-width ensembles at the same logged
+steps, their relative deviations and the exponent of the deviation's fall with
+width (theory.md §5). The result is one JSON document for the analysis layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from suite import networks
+from suite.supervised import (
+    LossCurves,
+    Problem,
+    TargetScale,
+    convergence_step,
+    infinite_width_curves,
+    log_steps,
+    make_problem,
+    scale_target,
+    split_basis,
+)
+from suite.targets import build_target, make_spec, target_summary
+from suite.training import summarize, train_ensemble
+
+CURVES = ("train_loss_of_mean", "train_mean_of_losses", "test_loss_of_mean", "test_mean_of_losses")
+
+
+@dataclass(frozen=True)
+class DynamicsStudy:
+    """Parameters of the study; the defaults are the reduced (minutes on 2 cores) version."""
+
+    model: Literal["tfim", "hubbard"] = "tfim"
+    target: dict[str, Any] = field(default_factory=dict)
+    kind: networks.NNQSKind = "decoupled"
+    depth: int = 1
+    activation: networks.Activation = "relu"
+    widths: tuple[int, ...] = (64, 256, 1024)
+    train_size: int = 128
+    train_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    lr_factor: float = 0.5
+    members: int = 64
+    log_points: int = 16
+    max_steps: int | None = 2000
+    tolerance: float = 1e-3
+    target_scale: TargetScale = "unit-rms"
+    dtype: Literal["float32", "float64"] = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "train_sizes"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} must be a non-empty list of positive integers")
+        if not (0 < self.lr_factor < 2):
+            raise ValueError(
+                f"lr_factor must be in (0, 2) (units of eta_max), got {self.lr_factor}"
+            )
+        if self.members < 2:
+            raise ValueError(f"members must be at least 2, got {self.members}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be positive or None, got {self.max_steps}")
+
+    def nnqs(self, width: int) -> networks.NNQS:
+        if self.kind == "decoupled":
+            return networks.decoupled(networks.mlp(self.depth, width, self.activation))
+        trunk = networks.mlp_trunk(self.depth, width, self.activation)
+        if self.kind == "shared_trunk":
+            return networks.shared_trunk(trunk)
+        if self.kind == "complex_output":
+            return networks.complex_output(trunk)
+        raise ValueError(
+            f"kind must be one of decoupled, shared_trunk, complex_output; got {self.kind!r}"
+        )
+
+
+def finite_curves(
+    study: DynamicsStudy, problem: Problem, width: int, learning_rate: float, steps: np.ndarray
+) -> LossCurves:
+    """Loss curves of a GD-trained ensemble of ``study.members`` networks of ``width``."""
+    stats = train_ensemble(
+        study.nnqs(width),
+        problem.inputs,
+        problem.phi,
+        problem.train,
+        seed=study.seed,
+        members=np.arange(study.members),
+        learning_rate=learning_rate,
+        log_steps=steps,
+        dtype=study.dtype,
+    )
+    summary = summarize(stats, problem.phi, problem.train)
+    return LossCurves(
+        summary.steps.astype(float),
+        summary.train_loss_of_mean,
+        summary.train_mean_of_losses,
+        summary.test_loss_of_mean,
+        summary.test_mean_of_losses,
+    )
+
+
+def relative_deviation(finite: LossCurves, infinite: LossCurves) -> dict[str, float]:
+    """Largest relative deviation ``|finite - infinite| / infinite`` over the logged steps."""
+    deviations = {}
+    for name in CURVES:
+        reference = getattr(infinite, name)
+        mask = reference > 0
+        ratio = np.abs(getattr(finite, name)[mask] - reference[mask]) / reference[mask]
+        deviations[name] = float(ratio.max())
+    return deviations
+
+
+def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:
+    """Slope of ``log(deviation)`` against ``log(width)`` (least squares)."""
+    return float(np.polyfit(np.log(widths), np.log(deviations), 1)[0])
+
+
+def _problem(study: DynamicsStudy, train_size: int, width: int) -> tuple[Problem, dict[str, Any]]:
+    target = build_target(make_spec(study.model, **study.target))
+    phi = scale_target(target.psi, study.target_scale)
+    train, test = split_basis(phi.size, train_size, study.seed)
+    return make_problem(study.nnqs(width), target.inputs, phi, train, test), target_summary(target)
+
+
+def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str, Any]:
+    """Run the study: Fig. 2 (curves at ``train_size``) and Fig. 3 (losses vs train size)."""
+    clock = time.perf_counter()
+    say = print if progress else (lambda *args, **kwargs: None)
+    # Infinite-width kernels do not depend on the width: any width builds the same maps.
+    problem, summary = _problem(study, study.train_size, study.widths[0])
+    eta_max = problem.eta_max
+    learning_rate = study.lr_factor * eta_max
+    step = convergence_step(problem, learning_rate, study.tolerance)
+    max_step = step if study.max_steps is None else min(step, study.max_steps)
+    steps = log_steps(max_step, study.log_points)
+    continuous = infinite_width_curves(problem, learning_rate, steps, discrete=False)
+    discrete = infinite_width_curves(problem, learning_rate, steps, discrete=True)
+    limit = infinite_width_curves(problem, learning_rate, np.asarray([np.inf]), discrete=False)
+    say(
+        f"target {summary['name']}: eta_max {eta_max:.4g}, converged at step {step}, "
+        f"logging {len(steps)} steps up to {max_step}"
+    )
+
+    finite: dict[str, Any] = {}
+    for width in study.widths:
+        tic = time.perf_counter()
+        curves = finite_curves(study, problem, width, learning_rate, steps)
+        finite[str(width)] = {
+            "curves": curves.as_dict(),
+            "deviation_continuous": relative_deviation(curves, continuous),
+            "deviation_discrete": relative_deviation(curves, discrete),
+            "seconds": round(time.perf_counter() - tic, 2),
+        }
+        say(
+            f"width {width}: {finite[str(width)]['seconds']} s, max deviation "
+            f"{max(finite[str(width)]['deviation_continuous'].values()):.3g}"
+        )
+    exponents = (
+        {
+            name: width_exponent(
+                study.widths, [finite[str(w)]["deviation_continuous"][name] for w in study.widths]
+            )
+            for name in CURVES
+        }
+        if len(study.widths) > 1
+        else {}
+    )
+
+    final: dict[str, Any] = {
+        "train_sizes": list(study.train_sizes),
+        "infinite_t_final": [],
+        "infinite_t_inf": [],
+        "finite": {str(w): [] for w in study.widths},
+    }
+    for size in study.train_sizes:
+        sized, _ = _problem(study, size, study.widths[0])
+        rate = study.lr_factor * sized.eta_max
+        at_end = np.asarray([float(max_step)])
+        for key, times in (("infinite_t_final", at_end), ("infinite_t_inf", np.asarray([np.inf]))):
+            curves = infinite_width_curves(sized, rate, times, discrete=False)
+            final[key].append(_total_loss(curves, size, sized.phi.size))
+        for width in study.widths:
+            curves = finite_curves(study, sized, width, rate, np.asarray([0, max_step]))
+            final["finite"][str(width)].append(_total_loss(curves, size, sized.phi.size, -1))
+        say(f"train size {size}: done")
+
+    return {
+        "study": dataclasses.asdict(study),
+        "target": summary,
+        "eta_max": eta_max,
+        "learning_rate": learning_rate,
+        "convergence_step": step,
+        "steps": steps.tolist(),
+        "infinite": {
+            "continuous": continuous.as_dict(),
+            "discrete": discrete.as_dict(),
+            "t_inf": limit.as_dict(),
+        },
+        "finite": finite,
+        "deviation_exponent_vs_width": exponents,
+        "total_loss_vs_train_size": final,
+        "seconds": round(time.perf_counter() - clock, 1),
+    }
+
+
+def _total_loss(curves: LossCurves, train_size: int, dimension: int, index: int = 0) -> float:
+    """Mean of the losses over the whole basis (train and test weighted by their sizes)."""
+    test_size = dimension - train_size
+    total = train_size * curves.train_mean_of_losses[index]
+    if test_size:
+        total += test_size * curves.test_mean_of_losses[index]
+    return float(total / dimension)
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return path
