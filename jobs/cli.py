@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from suite.entanglement import entanglement_profile
 from suite.targets import TARGETS, build_target, make_spec, target_summary
 
 
@@ -66,7 +67,13 @@ def _cmd_target(args: argparse.Namespace) -> Any:
     params = _target_params(args)
     times = args.time if args.time is not None else [None]
     specs = [make_spec(args.model, **params, **({} if t is None else {"time": t})) for t in times]
-    summaries = [target_summary(build_target(spec)) for spec in specs]
+    summaries = []
+    for spec in specs:
+        target = build_target(spec)
+        summary = target_summary(target)
+        if args.entanglement:
+            summary["entanglement_profile"] = entanglement_profile(target.basis, target.psi)
+        summaries.append(summary)
     return summaries[0] if len(summaries) == 1 else summaries
 
 
@@ -112,6 +119,22 @@ def _cmd_dynamics(args: argparse.Namespace) -> Any:
     }
 
 
+def _cmd_entanglement(args: argparse.Namespace) -> Any:
+    from jobs.entanglement import EntanglementStudy, run_entanglement_study
+
+    study = EntanglementStudy(
+        n_sites=args.n_sites,
+        members=args.members,
+        widths=tuple(args.widths),
+        architectures=tuple(args.architectures),
+        cosnet_s0=args.cosnet_s0,
+        scan_s0=tuple(args.scan_s0),
+        seed=args.seed,
+    )
+    result = run_entanglement_study(study, out=args.out)
+    return {"written": args.out, "seconds": result.get("seconds")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnqs", description="Infinite neural network quantum states at HPC scale."
@@ -132,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--u-initial", type=float, help="Hubbard U0 of the initial ground state")
     target.add_argument("--u-final", type=float, help="Hubbard U1 of the evolution")
     target.add_argument("--time", type=float, nargs="+", help="evolution time(s)")
+    target.add_argument(
+        "--entanglement",
+        action="store_true",
+        help="add von Neumann and Renyi-2 entropies of the first N_A sites, N_A = 1..N/2",
+    )
     target.set_defaults(run=_cmd_target)
 
     demo = commands.add_parser("demo", help="small local demo: target, kernels, summary")
@@ -170,6 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
     dynamics.add_argument("--seed", type=int, default=0)
     dynamics.add_argument("--out", default="runs/dynamics.json", help="output JSON path")
     dynamics.set_defaults(run=_cmd_dynamics)
+
+    entanglement = commands.add_parser(
+        "entanglement",
+        help="entanglement of NNQS ensembles (paper Fig. 1): finite widths, GP, Page",
+    )
+    entanglement.add_argument("--n-sites", type=int, default=12, help="spins N (2..14)")
+    entanglement.add_argument("--members", type=int, default=100)
+    entanglement.add_argument("--widths", type=int, nargs="+", default=[400, 1000, 4000])
+    entanglement.add_argument(
+        "--architectures",
+        nargs="+",
+        default=["cosnet", "gaussnet", "relu"],
+        choices=("cosnet", "gaussnet", "relu"),
+    )
+    entanglement.add_argument("--cosnet-s0", type=float, default=10.0)
+    entanglement.add_argument(
+        "--scan-s0",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 1, 1.5, 2, 3, 5, 10],
+        help="CosNet s0 values of the crossover scan",
+    )
+    entanglement.add_argument("--seed", type=int, default=0)
+    entanglement.add_argument("--out", default="runs/entanglement.json")
+    entanglement.set_defaults(run=_cmd_entanglement)
     return parser
 
 

@@ -86,3 +86,43 @@ def test_demo_summary(capsys: pytest.CaptureFixture[str]) -> None:
     losses = summary["infinite_width_test_loss"]
     assert losses["t=inf"] < losses["t=0"]
     assert 0 < summary["empirical_vs_infinite_hermitian_ntk"] < 0.5
+
+
+def test_target_entanglement_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    """--entanglement adds S_vN and S_2 of the first N_A sites; S_2 <= S_vN (theory.md §6)."""
+    status, out, _ = run_cli(capsys, "target", "tfim", "--lattice", "2x2", "--entanglement")
+    assert status == 0
+    profile = json.loads(out)["entanglement_profile"]
+    assert [entry["sites"] for entry in profile] == [[0], [0, 1]]
+    for entry in profile:
+        assert 0 <= entry["entropies"]["renyi_2"] <= entry["entropies"]["von_neumann"]
+    assert profile[-1]["entropies"]["von_neumann"] == pytest.approx(
+        json.loads(out)["entanglement_entropy"]
+    )
+
+
+def test_entanglement_command_writes_fig1_data(
+    capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    out_file = tmp_path / "fig1.json"
+    status, out, _ = run_cli(
+        capsys,
+        "entanglement",
+        "--n-sites",
+        "6",
+        "--members",
+        "8",
+        "--widths",
+        "50",
+        "--architectures",
+        "cosnet",
+        "--scan-s0",
+        "10",
+        "--out",
+        str(out_file),
+    )
+    assert status == 0
+    assert json.loads(out)["written"] == str(out_file)
+    data = json.loads(out_file.read_text())
+    assert data["n_sites"] == 6
+    assert len(data["page"]) == len(data["n_a"]) == 3
