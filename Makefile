@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint unit python-venv clean
+.PHONY: setup demo test lint unit python-venv clean bench-training bench-entanglement
 # Debian's python3 ships without venv/ensurepip unless python3-venv is installed.
 python-venv:
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || \
@@ -29,6 +29,12 @@ unit: setup
 
 # The README's test command: lint, unit tests, then parity with neural-tangents.
 test: lint unit parity
+
+bench-training: setup
+	$(VENV)/bin/python -m analysis.bench_training
+
+bench-entanglement: setup
+	$(VENV)/bin/python -m analysis.bench_entanglement
 
 clean:
 	rm -rf $(VENV) $(NT_VENV) $(PARITY_DIR) .pytest_cache .ruff_cache
