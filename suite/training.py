@@ -18,18 +18,23 @@ Execution (one compiled program per architecture, shapes, dtype and device count
 
 * **Sharding.** The member axis is split across a 1-d :class:`jax.sharding.Mesh` of
   ``devices`` local devices with :func:`jax.shard_map`. Members are padded with copies
-  of the last one up to a multiple of ``devices x block``; padded copies carry weight 0
-  in every sum and their losses are dropped.
-* **Blocks.** On a device, members are processed in blocks of ``block`` members
-  (``lax.map`` over blocks, ``vmap`` inside one), and points in chunks, so the
-  ``members x points x width`` intermediates stay in cache (:data:`BLOCK_ELEMENTS`).
-  The MSE gradient is a sum over points of terms that depend on one point each, so
-  chunking the points changes no arithmetic beyond summation order.
+  of the last one up to a multiple of ``devices x lanes x block``; padded copies carry
+  weight 0 in every sum and their losses are dropped.
+* **Blocks and lanes.** On a device, members are processed in blocks of ``block``
+  members (``vmap`` or the fast path inside one block), and points in chunks, so that
+  the ``networks x width x points`` intermediates of a block stay in cache
+  (:data:`BLOCK_ELEMENTS`). The blocks are split into ``lanes`` independent
+  ``lax.map`` loops; XLA:CPU runs independent loops concurrently, which keeps both cores
+  of a small machine busy where one loop of mid-sized operations does not (two lanes per
+  core, :data:`LANES`; one lane on accelerators). The MSE gradient is a sum over points
+  of terms that depend on one point each, so chunking the points changes no arithmetic
+  beyond summation order; nothing a member computes depends on the other members.
 * **Steps and logs.** One ``jit``: a ``lax.scan`` over the logged steps whose body runs
   ``log_steps[k] - log_steps[k-1]`` updates in a ``fori_loop`` with a traced bound, then
   evaluates the statistics on device (psum over devices): ``(L, D)`` sums and ``(L, m)``
   losses come back, never ``(L, m, D)``. The learning rate and the step schedule are
-  traced, so changing them does not recompile. The parameter buffers are donated.
+  traced, so changing them does not recompile. The parameter buffers are donated (the
+  program returns the final parameters into them).
 
 Two implementations of one update, selected per network (``method``):
 
@@ -39,11 +44,13 @@ Two implementations of one update, selected per network (``method``):
   ``u(x) = alpha sum_j W1_j act(beta x.W0_j + gamma b0_j) + delta b1`` with ``act`` one of
   relu, erf, cos (``networks.mlp(depth=1, ...)`` in either parameterisation, with or
   without biases, and ``networks.cosnet(train_features=True)``). The hand-derived
-  gradient of a block runs ``2 x block`` networks (the u and v nets of every member)
-  as two GEMMs: ``Z = X~ W0~`` with the bias folded in as a column of ``X~`` (``K = d+1``),
-  and ``P = X~^T (act'(Z) * r)``, which yields the first-layer weight and bias
-  gradients at once. For relu the readout gradient needs no extra pass:
-  ``sum_b relu(z_bj) r_b = sum_k W0~_kj P_kj``. No per-member Jacobian is formed.
+  gradient of a block runs its ``2 x block`` networks (the u and v nets of every
+  member) as two GEMMs over all of them: ``Z = W0~ X~^T`` (``nets x n x P``), with the
+  hidden bias folded in as a column of ``X~ = [beta x, gamma]`` (``K = d + 1``), and
+  ``P = (act'(Z) * r) X~``, which is the first-layer weight and bias gradient at once;
+  the readout ``sum_j act(Z) W1`` is one fused reduction. For relu the readout gradient
+  needs no pass over ``Z``: ``sum_b relu(z_jb) r_b = sum_k W0~_jk P_jk``. No per-member
+  Jacobian is formed.
 * ``"auto"`` (default) - ``"fast"`` when the network is recognised, else ``"autodiff"``.
 
 Recognition (:func:`fast_template`) uses only the public interface: the parameter tree
@@ -65,6 +72,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -83,10 +91,14 @@ Method = Literal["auto", "fast", "autodiff"]
 DTYPES = ("float32", "float64")
 AXIS = "members"
 
-#: target number of elements of one block's ``networks x points x width`` intermediate:
-#: a few MB, so that a block's GEMM outputs stay in L2/L3 between the passes over them
-#: (measured in analysis/bench_training.py: 2^19-2^21 are within a few percent).
-BLOCK_ELEMENTS = 1 << 20
+#: target number of elements of one block's ``networks x width x points`` intermediate:
+#: a few MB, so that a block's GEMM outputs stay in cache between the passes over them.
+#: Measured on 2 cores (float32, B = 256): 2^20-2^21 best at width 1024; at width 4096
+#: 2^21 (one member, all points) beats 2^20 (points in two chunks) by ~30%.
+BLOCK_ELEMENTS = 1 << 21
+#: independent block loops per device (``None``: two per core left to each CPU device,
+#: one on accelerators; see :class:`Layout`)
+LANES: int | None = None
 #: the template must reproduce nnqs.parts and its gradients to this (relative, float64)
 TEMPLATE_RTOL = 1e-12
 _SQRT_PI = math.sqrt(math.pi)
@@ -603,15 +615,26 @@ def fast_template(nnqs: NNQS, in_dim: int) -> Template | None:
 
 @dataclass(frozen=True)
 class Layout:
-    """How a run is cut: per device ``n_blocks x block`` members; points in chunks."""
+    """How a run is cut: per device ``lanes x blocks_per_lane x block`` members, points
+    in chunks. Lanes are independent loops over blocks that XLA:CPU runs concurrently
+    (one per core); within a loop the blocks run one after the other."""
 
     n_devices: int
+    lanes: int
     block: int
     n_blocks: int
     train_chunk: int
     n_train_chunks: int
     eval_chunk: int
     n_eval_chunks: int
+
+    @property
+    def blocks_per_lane(self) -> int:
+        return self.n_blocks // self.lanes
+
+    @property
+    def per_lane(self) -> int:
+        return self.block * self.blocks_per_lane
 
     @property
     def per_device(self) -> int:
@@ -623,20 +646,29 @@ class Layout:
 
 
 def _layout(
-    m: int, n_devices: int, n_train: int, n_points: int, width: int, block: int | None
+    m: int,
+    n_devices: int,
+    n_train: int,
+    n_points: int,
+    width: int,
+    block: int | None,
+    lanes: int = 1,
 ) -> Layout:
     """Blocks so that ``2 x block x chunk x width`` is about :data:`BLOCK_ELEMENTS`."""
     per_unit = 2 * max(width, 1)  # u and v networks
     train_chunk = max(1, min(n_train, BLOCK_ELEMENTS // per_unit))
-    eval_chunk = max(1, min(n_points, BLOCK_ELEMENTS // per_unit))
     per_device = -(-m // n_devices)
     if block is None:
         block = max(1, BLOCK_ELEMENTS // (per_unit * train_chunk))
     block = min(block, per_device)
     n_blocks = -(-per_device // block)
+    lanes = max(1, min(lanes, n_blocks))
+    n_blocks = -(-n_blocks // lanes) * lanes
     block = -(-per_device // n_blocks)  # balance the blocks
+    eval_chunk = max(1, min(n_points, BLOCK_ELEMENTS // (per_unit * block)))
     return Layout(
         n_devices,
+        lanes,
         block,
         n_blocks,
         train_chunk,
@@ -644,6 +676,21 @@ def _layout(
         eval_chunk,
         -(-n_points // eval_chunk),
     )
+
+
+def _default_lanes(devices: Sequence[Any]) -> int:
+    """Two lanes per core left to each CPU device; a single lane on accelerators."""
+    if LANES is not None:
+        return LANES
+    if devices[0].platform != "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    # two lanes per core: measured (analysis/bench_training.py) to fill the cores better
+    # than one, with no loss from the smaller loops
+    return max(1, 2 * cores // len(devices))
 
 
 def _chunks(a: np.ndarray, size: int, count: int, fill: float | None = None) -> np.ndarray:
@@ -663,17 +710,35 @@ def _chunks(a: np.ndarray, size: int, count: int, fill: float | None = None) -> 
 # ---------------------------------------------------------------------------------------
 
 
-def _map_blocks(fn: Callable[..., Any], tree: Any, layout: Layout, *extra: Any) -> Any:
-    """``fn`` on each block of ``layout.block`` members (leading axis of every leaf)."""
+def _update_blocks(fn: Callable[[Any], Any], tree: Any, layout: Layout) -> Any:
+    """``fn`` on each block of one lane (a loop over blocks), results in member order."""
+    out = _map_blocks(fn, layout, tree)
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), out)
+
+
+def _map_blocks(fn: Callable[..., Any], layout: Layout, *trees: Any) -> Any:
+    """``fn`` on each block of one lane (leading axis of every leaf), results stacked."""
 
     def split(a: Array) -> Array:
-        return a.reshape(layout.n_blocks, layout.block, *a.shape[1:])
+        return a.reshape(layout.blocks_per_lane, layout.block, *a.shape[1:])
 
-    blocks = jax.tree.map(split, (tree, *extra))
-    if layout.n_blocks == 1:
+    blocks = jax.tree.map(split, trees)
+    if layout.blocks_per_lane == 1:
         out = fn(*jax.tree.map(lambda a: a[0], blocks))
         return jax.tree.map(lambda a: a[None], out)
     return jax.lax.map(lambda b: fn(*b), blocks)
+
+
+def _split_lanes(tree: Any, layout: Layout) -> tuple[Any, ...]:
+    """A device's members as ``layout.lanes`` consecutive groups (independent arrays)."""
+    n = layout.per_lane
+    return tuple(
+        jax.tree.map(lambda a, i=i: a[i * n : (i + 1) * n], tree) for i in range(layout.lanes)
+    )
+
+
+def _join_lanes(lanes: tuple[Any, ...]) -> Any:
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *lanes)
 
 
 def _sum_chunks(fn: Callable[..., Any], chunks: tuple[Array, ...]) -> Any:
@@ -707,6 +772,9 @@ class _Autodiff:
 
     def state(self, params: Any, dtype: Any) -> Any:
         return jax.tree.map(lambda a: a.astype(dtype), params)
+
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        return x
 
     def grads(self, state: Any, x: Array, y: Array, weight: Array) -> Any:
         trainable, frozen = state
@@ -795,7 +863,9 @@ class _Fast:
         p, readout, rsum = grads
         alpha = self.t.alpha
         if readout is None:
-            g_w1 = alpha * jnp.sum(w0n * p, axis=2)
+            # sum over the K columns as K elementwise terms: a reduction over a short minor
+            # axis is a separate, slow library call on XLA:CPU
+            g_w1 = alpha * sum(w0n[..., k] * p[..., k] for k in range(p.shape[-1]))
         else:
             g_w1 = alpha * readout
         g_w0 = alpha * w1n[:, :, None] * p
@@ -823,9 +893,8 @@ def _program(engine: Any, layout: Layout, mesh: Mesh) -> Callable[..., Any]:
             )
             return engine.update(block_state, grads, lr)
 
-        def step(_: Array, s: Any) -> Any:
-            out = _map_blocks(block_step, s, layout)
-            return jax.tree.map(lambda a: a.reshape(a.shape[0] * a.shape[1], *a.shape[2:]), out)
+        def step(_: Array, lanes: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(_update_blocks(block_step, lane, layout) for lane in lanes)
 
         def block_stats(block_state: Any, block_valid: Array) -> Any:
             u, v = _stack_chunks(lambda x: engine.outputs(block_state, x), (x_eval,))
@@ -844,17 +913,24 @@ def _program(engine: Any, layout: Layout, mesh: Mesh) -> Callable[..., Any]:
             )
             return err @ w_fit, err @ w_test, sums
 
-        def stats(s: Any) -> Any:
-            fit, test, sums = _map_blocks(block_stats, s, layout, valid)
-            return fit.reshape(-1), test.reshape(-1), jnp.sum(sums, axis=0)
+        valid_lanes = _split_lanes(valid, layout)
 
-        def segment(s: Any, n: Array) -> tuple[Any, Any]:
-            s = jax.lax.fori_loop(0, n, step, s)
-            return s, stats(s)
+        def stats(lanes: tuple[Any, ...]) -> Any:
+            outs = [
+                _map_blocks(block_stats, layout, lane, v)
+                for lane, v in zip(lanes, valid_lanes, strict=True)
+            ]
+            fit = jnp.concatenate([o[0].reshape(-1) for o in outs])
+            test = jnp.concatenate([o[1].reshape(-1) for o in outs])
+            return fit, test, sum(jnp.sum(o[2], axis=0) for o in outs)
 
-        final, (fit, test, sums) = jax.lax.scan(segment, state, segments)
-        # the final state is returned so that the donated input buffers hold it
-        return final, fit, test, jax.lax.psum(sums, AXIS)
+        def segment(lanes: tuple[Any, ...], n: Array) -> tuple[Any, Any]:
+            lanes = jax.lax.fori_loop(0, n, step, lanes)
+            return lanes, stats(lanes)
+
+        final, (fit, test, sums) = jax.lax.scan(segment, _split_lanes(state, layout), segments)
+        # the final state is returned so that the donated input buffers can hold it
+        return _join_lanes(final), fit, test, jax.lax.psum(sums, AXIS)
 
     sharded = jax.shard_map(
         local,
@@ -935,7 +1011,10 @@ def train_ensemble(
     width = template.width if template is not None else _width_estimate(nnqs, in_dim)
 
     n_points, n_train = x.shape[0], train.size
-    layout = _layout(ids.size, n_devices, n_train, n_points, width, block)
+    devices_used = tuple(jax.local_devices()[:n_devices])
+    layout = _layout(
+        ids.size, n_devices, n_train, n_points, width, block, _default_lanes(devices_used)
+    )
     compute = jnp.float32 if dtype == "float32" else jnp.float64
     np_compute = np.float32 if dtype == "float32" else np.float64
 
@@ -946,7 +1025,7 @@ def train_ensemble(
     # data, rounded to the compute dtype once (the run's inputs and targets)
     x_run = x.astype(np_compute).astype(np.float64)
     phi_run = np.stack([phi.real, phi.imag]).astype(np_compute).astype(np.float64)
-    x_engine = engine.inputs(x_run) if isinstance(engine, _Fast) else x_run
+    x_engine = engine.inputs(x_run)
     x_train = _chunks(x_engine[train].astype(np_compute), layout.train_chunk, layout.n_train_chunks)
     y_train = _chunks(
         phi_run[:, train].T.astype(np_compute), layout.train_chunk, layout.n_train_chunks
@@ -967,7 +1046,6 @@ def train_ensemble(
         w_test[test] = 1.0 / test.size
     segments = np.diff(steps, prepend=0).astype(np.int32)
 
-    devices_used = tuple(jax.local_devices()[:n_devices])
     mesh = Mesh(np.array(devices_used), (AXIS,))
     params = init_ensemble(nnqs, seed, padded, in_dim)
     state = engine.state(params, compute)
