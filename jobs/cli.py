@@ -4,6 +4,11 @@
     nnqs target hubbard --lattice 2x3 --filling 2,2 --u-initial 0 --u-final 4 --time 0.5 1
     nnqs demo
     nnqs dynamics --model tfim --widths 64 256 1024 --members 64 --out runs/fig2.json
+    nnqs run quickstart                    # a sweep spec (jobs/specs/ or a path) -> Zarr store
+    nnqs run paper-tfim --executor slurm --store /scratch/paper-tfim.zarr
+    nnqs status runs/quickstart.zarr [--verify]
+    nnqs resubmit runs/quickstart.zarr
+    nnqs aggregate runs/quickstart.zarr [--cluster slurm]
 
 Errors are one line on stderr (exit status 2); ``--debug`` shows the traceback.
 """
@@ -135,6 +140,149 @@ def _cmd_entanglement(args: argparse.Namespace) -> Any:
     return {"written": args.out, "seconds": result.get("seconds")}
 
 
+def _run_executor(
+    spec: Any, path: Any, todo: list[int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Run ``todo`` of the store at ``path`` with the spec's (or the command's) executor."""
+    from jobs import executors
+
+    kind = spec.executor.kind
+    if kind == "slurm":
+        report = executors.submit_slurm(
+            path, spec, todo, tasks_per_job=args.tasks_per_job, wait=not args.no_wait
+        )
+    else:
+        rank, size = executors.mpi_world()
+        report = executors.run_local(
+            path,
+            todo[rank::size],
+            spec.executor.processes if size == 1 else 1,
+            progress=rank == 0,
+        )
+        executors.mpi_barrier()
+    return {
+        "executor": kind,
+        "tasks_run": len(report.done),
+        "failed": {str(k): v for k, v in report.failed.items()},
+        "seconds": round(report.seconds, 2),
+        **({"slurm_jobs": report.jobs} if report.jobs else {}),
+    }
+
+
+def _finish(store: Any, args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Aggregate (rank 0, all tasks done) and report the store's state."""
+    from jobs import executors
+    from jobs.sweep import finalize, task_states
+
+    if executors.mpi_world()[0] != 0:
+        return None  # rank 0 reports
+    status = task_states(store)
+    if status.complete and not args.no_aggregate:
+        finalize(store)
+    return {
+        "store": str(store.path),
+        **summary,
+        "tasks": status.counts(),
+        "aggregated": status.complete and not args.no_aggregate,
+        "next": (
+            f"xarray.open_zarr({str(store.path)!r})"
+            if status.complete
+            else f"nnqs status {store.path}; nnqs resubmit {store.path}"
+        ),
+    }
+
+
+def _cmd_run(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from jobs import executors
+    from jobs.spec import load_spec
+    from jobs.sweep import default_store, open_sweep, task_states
+
+    spec = load_spec(args.spec).with_executor(
+        kind=args.executor, processes=args.processes, profile=args.profile, ranks=args.ranks
+    )
+    path = Path(args.store) if args.store else default_store(spec)
+    rank, size = executors.mpi_world()
+    if spec.executor.kind == "mpi" and size == 1 and spec.executor.ranks > 1:
+        argv = ["run", args.spec, "--executor", "mpi", "--store", str(path)]
+        argv += ["--ranks", str(spec.executor.ranks)] + (["--no-aggregate"] * args.no_aggregate)
+        code = executors.relaunch_under_mpi(spec.executor.ranks, argv)
+        if code != 0:
+            raise ValueError(f"the MPI run exited with status {code} (see its output above)")
+        return None  # its rank 0 has reported
+    if rank == 0:
+        store = open_sweep(spec, path)
+    executors.mpi_barrier()
+    if rank != 0:
+        store = open_sweep(spec, path)
+    todo = executors.mpi_broadcast(task_states(store).todo() if rank == 0 else None)
+    summary = _run_executor(spec, path, todo, args) if todo else {"tasks_run": 0}
+    return _finish(store, args, summary)
+
+
+def _cmd_status(args: argparse.Namespace) -> Any:
+    from jobs.sweep import SweepStore, store_spec, task_states
+
+    store = SweepStore(args.store)
+    status = task_states(store, verify=args.verify)
+    problems = {
+        str(task): status.records[task].get("error", state)
+        for task, state in status.states.items()
+        if state in ("failed", "corrupt")
+    }
+    return {
+        "store": str(store.path),
+        "sweep": store_spec(store).sweep.name,
+        "tasks": status.counts(),
+        "verified": args.verify,
+        "problems": problems,
+        "aggregated": "finalized_unix" in store.attrs,
+    }
+
+
+def _cmd_resubmit(args: argparse.Namespace) -> Any:
+    from jobs.sweep import SweepStore, store_spec, task_states
+
+    store = SweepStore(args.store)
+    spec = store_spec(store).with_executor(
+        kind=args.executor, processes=args.processes, profile=args.profile
+    )
+    todo = task_states(store, verify=True).todo()
+    summary = _run_executor(spec, store.path, todo, args) if todo else {"tasks_run": 0}
+    return _finish(store, args, {"resubmitted": todo, **summary})
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> Any:
+    from analysis.aggregate import slurm_cluster
+    from jobs.sweep import SweepStore, finalize
+
+    store = SweepStore(args.store)
+    if args.cluster == "slurm":
+        with slurm_cluster(args.profile, args.workers, f"{store.path}.dask") as address:
+            finalize(store, scheduler=address)
+    else:
+        finalize(store, scheduler=args.scheduler)
+    return {"store": str(store.path), "cluster": args.cluster, "aggregated": True}
+
+
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor", choices=("local", "slurm", "mpi"), help="override the spec's executor.kind"
+    )
+    parser.add_argument("--processes", type=int, help="local: worker processes")
+    parser.add_argument("--profile", help="slurm: cluster profile name or path (slurm/profiles)")
+    parser.add_argument(
+        "--tasks-per-job", type=int, default=1, help="slurm: tasks per array element"
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="slurm: submit and return (then `nnqs status`)"
+    )
+    parser.add_argument(
+        "--no-aggregate", action="store_true", help="do not aggregate when all tasks are done"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnqs", description="Infinite neural network quantum states at HPC scale."
@@ -223,6 +371,37 @@ def build_parser() -> argparse.ArgumentParser:
     entanglement.add_argument("--seed", type=int, default=0)
     entanglement.add_argument("--out", default="runs/entanglement.json")
     entanglement.set_defaults(run=_cmd_entanglement)
+
+    run = commands.add_parser("run", help="run a sweep spec into its Zarr store (resumes)")
+    run.add_argument("spec", help="spec file, or the name of one in jobs/specs (quickstart)")
+    run.add_argument("--store", help="store path (default runs/<sweep name>.zarr)")
+    run.add_argument("--ranks", type=int, help="mpi: number of ranks to launch")
+    _executor_options(run)
+    run.set_defaults(run=_cmd_run)
+
+    status = commands.add_parser("status", help="pending/running/done/failed tasks of a store")
+    status.add_argument("store")
+    status.add_argument(
+        "--verify", action="store_true", help="re-read finished tasks and check their checksums"
+    )
+    status.set_defaults(run=_cmd_status)
+
+    resubmit = commands.add_parser(
+        "resubmit", help="recompute only failed, lost, corrupt or missing tasks of a store"
+    )
+    resubmit.add_argument("store")
+    _executor_options(resubmit)
+    resubmit.set_defaults(run=_cmd_resubmit)
+
+    aggregate = commands.add_parser(
+        "aggregate", help="ensemble statistics with Dask, written back into the store"
+    )
+    aggregate.add_argument("store")
+    aggregate.add_argument("--cluster", choices=("local", "slurm"), default="local")
+    aggregate.add_argument("--scheduler", help="address of a running Dask scheduler")
+    aggregate.add_argument("--profile", default="local", help="slurm: cluster profile")
+    aggregate.add_argument("--workers", type=int, default=1, help="slurm: Dask workers")
+    aggregate.set_defaults(run=_cmd_aggregate)
     return parser
 
 
@@ -231,13 +410,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.run(args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OSError) as error:
         if args.debug:
             raise
         print(f"nnqs: error: {error}", file=sys.stderr)
         return 2
-    json.dump(result, sys.stdout, indent=2, default=_json_default)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(result, sys.stdout, indent=2, default=_json_default)
+        sys.stdout.write("\n")
     return 0
 
 

@@ -46,14 +46,12 @@ of two and the scaling is exact.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import dask
-import dask.array as da
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +59,7 @@ import zarr
 from scipy.special import gammaln, logsumexp
 
 from suite.hilbert import SpinBasis
+from suite.kernels.blocked import store_gram
 from suite.kernels.gram import gram
 from suite.lattice import check_int
 from suite.layers import Kernel, input_kernel
@@ -282,10 +281,6 @@ def _check_block(block: object, dimension: int) -> int:
     return min(block, dimension)
 
 
-def _gram_block(x_rows: np.ndarray, x_columns: np.ndarray, fn: KernelFn) -> np.ndarray:
-    return np.asarray(gram(fn, x_rows, x_columns))
-
-
 def write_gram_zarr(
     fn: KernelFn,
     n_sites: int,
@@ -308,19 +303,13 @@ def write_gram_zarr(
     block = _check_block(block, dimension)
     workers = os.cpu_count() if workers is None else check_int("workers", workers)
     inputs = SpinBasis(n_sites).inputs()
-    dtype = _gram_block(inputs[:1], inputs[:1], fn).dtype
-    x = da.from_array(inputs, chunks=(block, n_sites))
-    with warnings.catch_warnings():  # one tile per (row block, column block) is the point
-        warnings.simplefilter("ignore", da.PerformanceWarning)
-        tiles = da.blockwise(
-            _gram_block, "ij", x, "ik", x, "jk", dtype=dtype, concatenate=True, fn=fn
-        )
+    dtype = np.asarray(gram(fn, inputs[:1], inputs[:1])).dtype
     group = zarr.open_group(store, mode="a")
     array = group.create_array(
         name, shape=(dimension, dimension), chunks=(block, block), dtype=dtype, overwrite=True
     )
     array.attrs.update({"n_sites": n_sites, "block": block, "complete": False})
-    da.store(tiles, array, lock=False, scheduler="threads", num_workers=workers)
+    store_gram(fn, inputs, inputs, array, workers=workers)
     array.attrs["complete"] = True
     return array
 

@@ -79,16 +79,21 @@ class Problem:
     nngp_diagonal: PairKernel  # K(x, x) blocks, (D,)
 
     @property
-    def eta_max(self) -> float:
-        """``2B / lambda_max`` of the train-set block kernel of ``(u, v)`` (theory.md §5)."""
+    def train_ntk_block(self) -> np.ndarray:
+        """The ``2B x 2B`` block QS-NTK of ``(u, v)`` on the train set (theory.md §4)."""
         ntk = _rows(self.ntk, self.train)
-        block = np.block([[ntk.uu, ntk.uv], [ntk.vu, ntk.vv]])
-        return max_learning_rate(train_spectrum(block)) / 2  # 2B rows, loss normalised by B
+        return np.block([[ntk.uu, ntk.uv], [ntk.vu, ntk.vv]])
+
+    @property
+    def eta_max(self) -> float:
+        """``2B / lambda_max`` of :attr:`train_ntk_block` (theory.md §5)."""
+        # 2B rows, loss normalised by B
+        return max_learning_rate(train_spectrum(self.train_ntk_block)) / 2
 
     def predict(
-        self, learning_rate: float, steps: np.ndarray, discrete: bool
-    ) -> tuple[NNQSPrediction, NNQSPrediction]:
-        """Infinite-width ensembles on the train set and on the test set."""
+        self, learning_rate: float, steps: np.ndarray, discrete: bool, test: bool = True
+    ) -> tuple[NNQSPrediction, NNQSPrediction | None]:
+        """Infinite-width ensembles on the train set and (unless not ``test``) the test set."""
         train_ntk, train_nngp = _rows(self.ntk, self.train), _rows(self.nngp, self.train)
 
         def on(rows: np.ndarray) -> NNQSPrediction:
@@ -104,7 +109,7 @@ class Problem:
                 discrete=discrete,
             )
 
-        return on(self.train), on(self.test)
+        return on(self.train), (on(self.test) if test else None)
 
 
 def make_problem(
@@ -136,6 +141,7 @@ def infinite_width_curves(
 ) -> LossCurves:
     """Infinite-width loss curves; ``steps`` may include ``inf`` (the t -> infinity limit)."""
     on_train, on_test = problem.predict(learning_rate, steps, discrete)
+    assert on_test is not None
     train_mean, train_ens = predicted_losses(on_train, problem.phi[problem.train])
     test_mean, test_ens = predicted_losses(on_test, problem.phi[problem.test])
     return LossCurves(np.asarray(steps, dtype=float), train_mean, train_ens, test_mean, test_ens)
@@ -150,8 +156,10 @@ def convergence_step(
     non-increasing), so the answer is within 2% of the exact crossing, rounded up.
     """
     grid = np.unique(np.ceil(np.geomspace(1, limit, int(np.log(limit) / np.log(1.02)) + 1)))
-    curves = infinite_width_curves(problem, learning_rate, np.concatenate([[0.0], grid]), False)
-    ratio = curves.train_mean_of_losses[1:] / curves.train_mean_of_losses[0]
+    times = np.concatenate([[0.0], grid])
+    on_train, _ = problem.predict(learning_rate, times, discrete=False, test=False)
+    _, mean_of_losses = predicted_losses(on_train, problem.phi[problem.train])
+    ratio = mean_of_losses[1:] / mean_of_losses[0]
     below = np.flatnonzero(ratio < tolerance)
     if below.size == 0:
         raise ValueError(

@@ -233,10 +233,18 @@ def _name(spec: Spec) -> str:
     return f"{spec.model}-{spec.lx}x{spec.ly}-{boundary}"
 
 
+def basis_of(spec: Spec, max_dimension: int = DEFAULT_MAX_DIMENSION) -> Basis:
+    """The basis of ``spec``'s target (dimension checked; nothing diagonalised)."""
+    n_sites = spec.lattice.n_sites
+    if isinstance(spec, TFIMQuench):
+        return SpinBasis(n_sites, max_dimension=max_dimension)
+    return HubbardBasis(n_sites, spec.n_up, spec.n_down, max_dimension=max_dimension)
+
+
 def _build_tfim(spec: TFIMQuench, max_dimension: int) -> Target:
     """TFIM quench from the all-up state (basis index 0)."""
     lattice = spec.lattice
-    basis = SpinBasis(lattice.n_sites, max_dimension=max_dimension)
+    basis = basis_of(spec, max_dimension)
     hamiltonian = tfim_hamiltonian(lattice, spec.J, spec.h, max_dimension=max_dimension)
     psi0 = np.zeros(basis.dimension, dtype=np.complex128)
     psi0[0] = 1.0
@@ -256,7 +264,7 @@ def _build_tfim(spec: TFIMQuench, max_dimension: int) -> Target:
 def _build_hubbard(spec: HubbardQuench, max_dimension: int) -> Target:
     """Hubbard quench from the (non-degenerate) ground state at ``u_initial``."""
     lattice = spec.lattice
-    basis = HubbardBasis(lattice.n_sites, spec.n_up, spec.n_down, max_dimension=max_dimension)
+    basis = basis_of(spec, max_dimension)
     initial = hubbard_hamiltonian(lattice, basis, spec.hopping, spec.u_initial)
     energy, ground, gap = _ground_state(initial)
     if gap <= DEGENERACY_TOLERANCE * max(1.0, abs(energy)):

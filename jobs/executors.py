@@ -1,0 +1,197 @@
+"""Executors: one spec and one store, three ways to run its tasks.
+
+Every executor ends in :func:`jobs.sweep.execute_task` for each task it is given;
+what differs is where that runs:
+
+* ``local`` (default, no service): in this process, or in a pool of
+  ``executor.processes`` spawned processes, with a progress bar;
+* ``slurm``: a submitit job array on a cluster profile (``slurm/profiles``), one
+  array element per group of tasks; each element is ``Checkpointable``: at its
+  time limit or on preemption SLURM requeues it and it resumes from the store
+  (finished tasks are skipped);
+* ``mpi``: under ``mpirun`` / ``srun`` each rank takes every R-th task; run
+  outside an MPI launch it starts ``mpirun -n ranks`` (``srun`` inside a SLURM
+  allocation) on this same command.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from jobs.progress import ProgressBar
+from jobs.spec import SweepSpec
+from jobs.sweep import execute_task
+from suite.store import SweepStore
+
+#: tasks per SLURM array element, unless the spec's executor says otherwise
+DEFAULT_TASKS_PER_JOB = 1
+#: requeues of an array element at its time limit (each resumes from the store)
+MAX_REQUEUES = 20
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What an executor did: tasks finished and failed (with the error), seconds."""
+
+    done: list[int]
+    failed: dict[int, str]
+    seconds: float
+    jobs: list[str]
+
+
+def run_local(
+    path: Path, tasks: Sequence[int], processes: int = 1, progress: bool = True
+) -> RunReport:
+    """Run ``tasks`` here: in-process, or in ``processes`` spawned worker processes."""
+    clock = time.perf_counter()
+    bar = ProgressBar(len(tasks), f"run {path.name}", enabled=progress)
+    done: list[int] = []
+    failed: dict[int, str] = {}
+    if processes == 1:
+        for task in tasks:
+            try:
+                execute_task(path, task)
+                done.append(task)
+            except Exception as error:
+                failed[task] = f"{type(error).__name__}: {error}"
+            bar.advance(note=f"task {task}")
+    else:
+        with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(execute_task, path, task): task for task in tasks}
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    future.result()
+                    done.append(task)
+                except Exception as error:
+                    failed[task] = f"{type(error).__name__}: {error}"
+                bar.advance(note=f"task {task}")
+    bar.close()
+    return RunReport(sorted(done), failed, time.perf_counter() - clock, [])
+
+
+class ShardJob(submitit.helpers.Checkpointable):
+    """A SLURM array element: run a group of tasks, skipping those the store has done.
+
+    As a submitit ``Checkpointable``, when SLURM signals the time limit or a
+    preemption, submitit requeues the same call, which resumes from the store.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, tasks: Sequence[int]) -> list[str]:
+        records = {r.task: r for r in SweepStore(self.path).records()}
+        checksums = []
+        for task in tasks:
+            record = records[task]
+            if record.state == "done" and record.checksum:
+                checksums.append(record.checksum)
+                continue
+            checksums.append(execute_task(self.path, task))
+        return checksums
+
+
+def submit_slurm(
+    path: Path,
+    spec: SweepSpec,
+    tasks: Sequence[int],
+    tasks_per_job: int = DEFAULT_TASKS_PER_JOB,
+    wait: bool = True,
+    progress: bool = True,
+) -> RunReport:
+    """Submit ``tasks`` as a submitit job array on the spec's cluster profile.
+
+    Logs go to ``<store>.slurm/``; with ``wait`` the call follows the array to its end.
+    """
+    from jobs.profiles import load_profile, submitit_parameters
+
+    profile = load_profile(spec.executor.profile)
+    if spec.executor.slurm:
+        profile = profile.with_overrides(**spec.executor.slurm)
+    clock = time.perf_counter()
+    folder = log_folder(path)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(
+        name=f"nnqs-{spec.sweep.name}",
+        slurm_max_num_timeout=MAX_REQUEUES,
+        **submitit_parameters(profile),
+    )
+    groups = [list(tasks[i : i + tasks_per_job]) for i in range(0, len(tasks), tasks_per_job)]
+    jobs = executor.map_array(ShardJob(str(path)), groups)
+    ids = [job.job_id for job in jobs]
+    done: list[int] = []
+    failed: dict[int, str] = {}
+    if wait:
+        bar = ProgressBar(len(jobs), f"slurm {ids[0].split('_')[0]}", enabled=progress)
+        for job, group in zip(jobs, groups, strict=True):
+            try:
+                job.result()
+                done += group
+            except Exception as error:  # submitit's FailedJobError / UncompletedJobError
+                for task in group:
+                    failed[task] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            bar.advance()
+        bar.close()
+    return RunReport(sorted(done), failed, time.perf_counter() - clock, ids)
+
+
+def log_folder(path: Path) -> Path:
+    """Where SLURM jobs of the store at ``path`` keep their logs: ``<store>.slurm/%j``."""
+    return Path(f"{path}.slurm") / "%j"
+
+
+def mpi_world() -> tuple[int, int]:
+    """``(rank, size)`` of this process in MPI_COMM_WORLD (``(0, 1)`` outside MPI)."""
+    if not any(key in os.environ for key in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")):
+        return 0, 1
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+
+
+def mpi_barrier() -> None:
+    if mpi_world()[1] > 1:
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Barrier()
+
+
+def mpi_broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself outside MPI)."""
+    if mpi_world()[1] == 1:
+        return value
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.bcast(value, root=0)
+
+
+def mpi_launch_command(ranks: int, argv: Sequence[str]) -> list[str]:
+    """``srun --mpi=pmix -n R`` inside a SLURM allocation, else ``mpirun -n R``, on argv."""
+    if "SLURM_JOB_ID" in os.environ and shutil.which("srun"):
+        return ["srun", "--mpi=pmix", "-n", str(ranks), *argv]
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise ValueError(
+            "executor.kind = 'mpi' needs Open MPI's mpirun on PATH (Debian: openmpi-bin)"
+        )
+    return [mpirun, "--oversubscribe", "-n", str(ranks), *argv]
+
+
+def relaunch_under_mpi(ranks: int, argv: Sequence[str]) -> int:
+    """Run ``python -m jobs.cli argv`` as ``ranks`` MPI processes; return its exit status."""
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    command = mpi_launch_command(ranks, [sys.executable, "-m", "jobs.cli", *argv])
+    return subprocess.run(command, env=env, check=False).returncode

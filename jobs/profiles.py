@@ -1,0 +1,323 @@
+"""Cluster profiles: where and how SLURM jobs run (partition, account, GPUs, modules, limits).
+
+A profile is a TOML file in ``slurm/profiles/`` (or anywhere, given by path) whose keys are
+the fields of :class:`ClusterProfile`. It is validated when loaded: unknown keys, wrong types
+and out-of-range values raise ``ValueError`` with a one-line message naming the field. From a
+profile come the parameters of the three ways the suite submits work:
+
+- :func:`submitit_parameters` for ``submitit.AutoExecutor(...).update_parameters(**...)``;
+- :func:`jobqueue_parameters` for ``dask_jobqueue.SLURMCluster(**...)``;
+- :func:`render_sbatch` for the batch scripts in ``slurm/templates/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+PROFILE_DIR = SLURM_DIR / "profiles"
+TEMPLATE_DIR = SLURM_DIR / "templates"
+
+# Seconds a dask worker waits for an unreachable scheduler before it exits.
+DASK_DEATH_TIMEOUT_S = 60
+# Placeholders that render_sbatch fills from the profile, not from its keyword values.
+_PROFILE_PLACEHOLDERS = frozenset({"sbatch_header", "setup"})
+_OVERRIDDEN = " (with overrides)"
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*[kmgtp]i?b$", re.IGNORECASE)
+_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """A SLURM cluster to run on, validated on construction (see ``example-gpu.toml``).
+
+    ``source`` names where the values came from (a file name) and prefixes every error.
+    """
+
+    partition: str
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: float = 4.0
+    time_min: int = 60
+    signal_delay_s: int = 90
+    modules: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    array_parallelism: int = 64
+    extra: Mapping[str, str] = field(default_factory=dict)
+    dask_interface: str | None = None
+    dask_cores: int = 1
+    dask_memory: str = "4GB"
+    source: str = field(default="<dict>", compare=False)
+
+    def __post_init__(self) -> None:
+        for name, value in _validated(self).items():
+            object.__setattr__(self, name, value)
+
+    def with_overrides(self, **fields: Any) -> ClusterProfile:
+        """A re-validated copy with some fields replaced (a sweep's ``[executor.slurm]`` table)."""
+        _check_keys(fields, self.source)
+        source = self.source if self.source.endswith(_OVERRIDDEN) else self.source + _OVERRIDDEN
+        return dataclasses.replace(self, **fields, source=source)
+
+
+def _fields() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(ClusterProfile) if f.name != "source")
+
+
+def _fail(source: str, message: str) -> ValueError:
+    return ValueError(f"profile {source}: {message}")
+
+
+def _check_keys(data: Mapping[str, Any], source: str) -> None:
+    unknown = sorted(set(data) - set(_fields()))
+    if unknown:
+        raise _fail(source, f"unknown key {unknown[0]!r} (known: {', '.join(_fields())})")
+
+
+def _integer(profile: ClusterProfile, name: str, minimum: int) -> int:
+    value = getattr(profile, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(profile.source, f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _text(profile: ClusterProfile, name: str, *, optional: bool = False) -> str | None:
+    value = getattr(profile, name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise _fail(profile.source, f"{name} must be a non-empty one-line string, got {value!r}")
+    return value
+
+
+def _lines(profile: ClusterProfile, name: str) -> tuple[str, ...]:
+    value = getattr(profile, name)
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(line, str) and line.strip() and "\n" not in line for line in value
+    ):
+        raise _fail(
+            profile.source, f"{name} must be a list of non-empty one-line strings, got {value!r}"
+        )
+    return tuple(value)
+
+
+def _validated(profile: ClusterProfile) -> dict[str, Any]:
+    """The profile's field values, checked and normalised (lists to tuples, GB to float)."""
+    source = profile.source
+    values: dict[str, Any] = {
+        "partition": _text(profile, "partition"),
+        "account": _text(profile, "account", optional=True),
+        "qos": _text(profile, "qos", optional=True),
+        "gpus_per_node": _integer(profile, "gpus_per_node", 0),
+        "cpus_per_task": _integer(profile, "cpus_per_task", 1),
+        "time_min": _integer(profile, "time_min", 1),
+        "signal_delay_s": _integer(profile, "signal_delay_s", 0),
+        "modules": _lines(profile, "modules"),
+        "setup": _lines(profile, "setup"),
+        "array_parallelism": _integer(profile, "array_parallelism", 1),
+        "dask_interface": _text(profile, "dask_interface", optional=True),
+        "dask_cores": _integer(profile, "dask_cores", 1),
+    }
+    mem_gb = profile.mem_gb
+    if isinstance(mem_gb, bool) or not isinstance(mem_gb, int | float) or not mem_gb > 0:
+        raise _fail(source, f"mem_gb must be a number > 0, got {mem_gb!r}")
+    values["mem_gb"] = float(mem_gb)
+    if values["signal_delay_s"] >= 60 * values["time_min"]:
+        raise _fail(
+            source,
+            f"signal_delay_s must be below the time limit ({60 * values['time_min']} s "
+            f"for time_min {values['time_min']}), got {values['signal_delay_s']}",
+        )
+    memory = profile.dask_memory
+    if not isinstance(memory, str) or not _MEMORY.match(memory):
+        raise _fail(source, f"dask_memory must be a size such as '1GB', got {memory!r}")
+    extra = profile.extra
+    if not isinstance(extra, Mapping) or not all(
+        isinstance(k, str) and _OPTION.match(k) and isinstance(v, str) and "\n" not in v
+        for k, v in extra.items()
+    ):
+        raise _fail(
+            source, f"extra must be a table of sbatch option names to strings, got {extra!r}"
+        )
+    values["extra"] = dict(extra)
+    return values
+
+
+def profile_from_dict(data: Mapping[str, Any], source: str) -> ClusterProfile:
+    """A validated profile from a mapping of field values (e.g. parsed TOML).
+
+    ``source`` names the origin in error messages: ``profile <source>: <field> must be ...``.
+    """
+    _check_keys(data, source)
+    if "partition" not in data:
+        raise _fail(source, "partition is required")
+    return ClusterProfile(**data, source=source)
+
+
+def check_overrides(fields: Mapping[str, Any], source: str) -> None:
+    """Validate a partial table of profile fields on its own (a sweep's ``[executor.slurm]``).
+
+    Keys, types and ranges are checked now; the signal delay against the time limit only
+    when both are in the table, and again when ``with_overrides`` applies it to a profile.
+    """
+    _check_keys(fields, source)
+    neutral = {"partition": "any", "time_min": 10**6, "signal_delay_s": 0}
+    ClusterProfile(**{**neutral, **fields}, source=source)
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped in ``slurm/profiles/``."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path) -> ClusterProfile:
+    """Load and validate a profile: a bare name (``"local"``) or a path to a TOML file."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or "/" in text or text.endswith(".toml"):
+        path = Path(name_or_path)
+    else:
+        path = PROFILE_DIR / f"{text}.toml"
+    if not path.is_file():
+        raise ValueError(
+            f"profile {text}: no file {path} (shipped profiles: {', '.join(available_profiles())})"
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(path.name, f"invalid TOML: {exc}") from exc
+    return profile_from_dict(data, source=path.name)
+
+
+def setup_lines(profile: ClusterProfile) -> list[str]:
+    """Shell lines run before a job: ``module load`` for each module, then the setup lines."""
+    return [f"module load {shlex.quote(m)}" for m in profile.modules] + list(profile.setup)
+
+
+def _extra_flags(profile: ClusterProfile) -> list[str]:
+    return [f"--{k}" if v == "" else f"--{k}={shlex.quote(v)}" for k, v in profile.extra.items()]
+
+
+def sbatch_directives(profile: ClusterProfile) -> list[str]:
+    """The ``#SBATCH`` lines of a batch script for this profile."""
+    options = [f"--partition={shlex.quote(profile.partition)}"]
+    if profile.account is not None:
+        options.append(f"--account={shlex.quote(profile.account)}")
+    if profile.qos is not None:
+        options.append(f"--qos={shlex.quote(profile.qos)}")
+    options += [
+        f"--time={profile.time_min}",
+        f"--cpus-per-task={profile.cpus_per_task}",
+        f"--mem={round(profile.mem_gb * 1024)}M",
+    ]
+    if profile.gpus_per_node > 0:
+        options.append(f"--gpus-per-node={profile.gpus_per_node}")
+    # SIGUSR2 to the job's steps signal_delay_s before the limit: the checkpoint signal.
+    options.append(f"--signal=USR2@{profile.signal_delay_s}")
+    return [f"#SBATCH {option}" for option in options + _extra_flags(profile)]
+
+
+def submitit_parameters(profile: ClusterProfile) -> dict[str, Any]:
+    """Keyword arguments for ``submitit.AutoExecutor(folder=...).update_parameters``.
+
+    Generic submitit names where they exist (``timeout_min``, ``mem_gb``...), ``slurm_``
+    prefixed ones otherwise; options a profile leaves unset (account, QOS, zero GPUs) are
+    left out, so that SLURM's defaults apply.
+    """
+    params: dict[str, Any] = {
+        "slurm_partition": profile.partition,
+        "cpus_per_task": profile.cpus_per_task,
+        "mem_gb": profile.mem_gb,
+        "timeout_min": profile.time_min,
+        "slurm_signal_delay_s": profile.signal_delay_s,
+        "slurm_array_parallelism": profile.array_parallelism,
+        "slurm_setup": setup_lines(profile),
+        # submitit writes a True value as a bare flag (--exclusive).
+        "slurm_additional_parameters": {
+            k: True if v == "" else v for k, v in profile.extra.items()
+        },
+    }
+    if profile.account is not None:
+        params["slurm_account"] = profile.account
+    if profile.qos is not None:
+        params["slurm_qos"] = profile.qos
+    if profile.gpus_per_node > 0:
+        params["gpus_per_node"] = profile.gpus_per_node
+    return params
+
+
+def jobqueue_parameters(profile: ClusterProfile, log_directory: str | Path) -> dict[str, Any]:
+    """Keyword arguments for ``dask_jobqueue.SLURMCluster``: one worker process per job.
+
+    On the loopback interface the scheduler must listen on 127.0.0.1 explicitly (it would
+    advertise a non-loopback address otherwise); the dashboard takes a free port (8787 may be
+    taken).
+    """
+    hours, minutes = divmod(profile.time_min, 60)
+    if profile.dask_interface == "lo":
+        scheduler_options = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    else:
+        scheduler_options = {"dashboard_address": ":0"}
+    directives = []
+    if profile.qos is not None:
+        directives.append(f"--qos={shlex.quote(profile.qos)}")
+    if profile.gpus_per_node > 0:
+        directives.append(f"--gpus-per-node={profile.gpus_per_node}")
+    params: dict[str, Any] = {
+        "queue": profile.partition,
+        "cores": profile.dask_cores,
+        "processes": 1,
+        "memory": profile.dask_memory,
+        "walltime": f"{hours:02d}:{minutes:02d}:00",
+        "scheduler_options": scheduler_options,
+        "log_directory": str(log_directory),
+        "death_timeout": DASK_DEATH_TIMEOUT_S,
+        "job_script_prologue": setup_lines(profile),
+        "job_extra_directives": directives + _extra_flags(profile),
+    }
+    if profile.account is not None:
+        params["account"] = profile.account
+    if profile.dask_interface is not None:
+        params["interface"] = profile.dask_interface
+    return params
+
+
+def render_sbatch(template_name: str, profile: ClusterProfile, **values: Any) -> str:
+    """Render ``slurm/templates/<template_name>.sbatch`` for a profile.
+
+    ``${sbatch_header}`` becomes the profile's ``#SBATCH`` lines and ``${setup}`` its module
+    and setup lines; every other ``${name}`` placeholder takes ``values[name]``, shell-quoted.
+    A placeholder without a value, or a value without a placeholder, is a ``ValueError``.
+    """
+    path = TEMPLATE_DIR / f"{template_name}.sbatch"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in TEMPLATE_DIR.glob("*.sbatch")))
+        raise ValueError(f"sbatch template {template_name!r}: no file {path} (have: {names})")
+    template = string.Template(path.read_text())
+    if not template.is_valid():
+        raise ValueError(f"sbatch template {template_name!r}: invalid $ placeholder syntax")
+    wanted = set(template.get_identifiers()) - _PROFILE_PLACEHOLDERS
+    reserved = sorted(set(values) & _PROFILE_PLACEHOLDERS)
+    missing = sorted(wanted - set(values))
+    unknown = sorted(set(values) - wanted - _PROFILE_PLACEHOLDERS)
+    where = f"sbatch template {template_name!r}"
+    if reserved:
+        raise ValueError(f"{where}: {', '.join(reserved)} comes from the profile, not a value")
+    if missing:
+        raise ValueError(f"{where}: missing value for placeholder {', '.join(missing)}")
+    if unknown:
+        raise ValueError(f"{where}: unknown placeholder {', '.join(unknown)}")
+    return template.substitute(
+        {name: shlex.quote(str(value)) for name, value in values.items()},
+        sbatch_header="\n".join(sbatch_directives(profile)),
+        setup="\n".join(setup_lines(profile)),
+    )

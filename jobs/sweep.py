@@ -1,0 +1,200 @@
+"""A sweep's life: spec -> store -> tasks -> (any executor) -> aggregation.
+
+* :func:`open_sweep` creates the store of a validated spec (preparing the
+  infinite-width results) or reopens it, refusing a store of another sweep;
+* :func:`execute_task` is all a worker runs (in-process, a pool process, a SLURM
+  array task or an MPI rank): it needs the store path and a task number only;
+* :func:`task_states` reads the manifest and, for tasks marked running, asks the
+  process table or SLURM whether their owner is alive; with ``verify`` it re-reads
+  every finished task's regions and compares their checksum;
+* :func:`finalize` aggregates with Dask and consolidates the metadata, once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jobs.spec import SweepSpec, check_memory, parse_spec
+from jobs.studies import LAYOUTS, TASKS, Task, expand, write_grams
+from suite.store import StoreError, SweepStore
+
+STATES = ("pending", "running", "done", "failed", "corrupt")
+
+
+def default_store(spec: SweepSpec) -> Path:
+    """``runs/<sweep name>.zarr`` under the current directory."""
+    return Path("runs") / f"{spec.sweep.name}.zarr"
+
+
+def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
+    """The sweep's store at ``path``: created (and prepared) if missing, else checked.
+
+    A store of another spec (a different :meth:`SweepSpec.fingerprint`) is refused;
+    the executor settings may differ. Creation is atomic: on any error nothing is left.
+    """
+    path = Path(path)
+    if path.exists():
+        store = SweepStore(path)
+        if store.attrs["fingerprint"] != spec.fingerprint():
+            held = store.attrs.get("spec", {}).get("sweep", {}).get("name", "?")
+            raise StoreError(
+                f"store {path} holds another sweep ({held!r}, fingerprint "
+                f"{store.attrs['fingerprint'][:12]}), not spec {spec.source} "
+                f"({spec.fingerprint()[:12]}); pass another --store or remove it"
+            )
+        return store
+    check_memory(spec)
+    layout = LAYOUTS[spec.sweep.study](spec)
+    return SweepStore.create(
+        path,
+        layout.arrays,
+        {"spec": spec.to_dict(), "study": spec.sweep.study, **layout.attrs},
+        spec.fingerprint(),
+        len(expand(spec)),
+        layout.initial,
+        populate=lambda group: write_grams(group, layout),
+    )
+
+
+def store_spec(store: SweepStore) -> SweepSpec:
+    """The spec a store was created from (re-validated)."""
+    return parse_spec(store.attrs["spec"], f"store {store.path.name}")
+
+
+def execute_task(path: str | os.PathLike[str], task_id: int) -> str:
+    """Run task ``task_id`` of the sweep at ``path``; record it; return its checksum.
+
+    The manifest says ``running`` while it works, then ``done`` with the checksum of
+    its regions read back (and seconds, devices, host, SLURM ids), or ``failed`` with
+    the error, which is re-raised.
+    """
+    store = SweepStore(path)
+    spec = store_spec(store)
+    tasks = expand(spec)
+    if not (0 <= task_id < len(tasks)):
+        raise ValueError(f"task must be in [0, {len(tasks)}), got {task_id}")
+    task = tasks[task_id]
+    store.record(task_id, "running")
+    clock = time.perf_counter()
+    try:
+        regions = TASKS[spec.sweep.study](spec, store, task)
+    except BaseException as error:
+        store.record(task_id, "failed", error=f"{type(error).__name__}: {error}")
+        raise
+    checksum = store.checksum(regions)
+    store.record(
+        task_id,
+        "done",
+        checksum=checksum,
+        regions=[[name, [[s.start, s.stop] for s in region]] for name, region in regions],
+        seconds=round(time.perf_counter() - clock, 3),
+        devices=[str(device) for device in jax.devices()],
+    )
+    return checksum
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    """Per-task states (see :data:`STATES`) and what the manifest says of each."""
+
+    states: dict[int, str]
+    records: dict[int, dict[str, Any]]
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(self.states.values())
+        return {state: counter.get(state, 0) for state in STATES}
+
+    def todo(self) -> list[int]:
+        """Tasks to (re)compute: pending, failed (also a dead owner) and corrupt."""
+        return [t for t, s in self.states.items() if s in ("pending", "failed", "corrupt")]
+
+    @property
+    def complete(self) -> bool:
+        return all(state == "done" for state in self.states.values())
+
+
+def task_states(store: SweepStore, verify: bool = False) -> SweepStatus:
+    """Each task's state; a running task whose owner is gone counts as ``failed``.
+
+    With ``verify``, every done task's regions are read back and checksummed: a
+    mismatch (or an unreadable chunk) makes it ``corrupt``.
+    """
+    states, records = {}, {}
+    queued = _slurm_jobs()
+    for record in store.records():
+        state, info = record.state, dict(record.info)
+        if state == "running" and not _owner_alive(info, queued):
+            state = "failed"
+            info["error"] = "its process or SLURM job ended without finishing it"
+        if state == "done" and verify and not _intact(store, info):
+            state = "corrupt"
+        states[record.task], records[record.task] = state, info
+    return SweepStatus(states, records)
+
+
+def _intact(store: SweepStore, info: dict[str, Any]) -> bool:
+    regions = [
+        (name, tuple(slice(a, b) for a, b in bounds)) for name, bounds in info.get("regions", [])
+    ]
+    try:
+        return bool(regions) and store.checksum(regions) == info.get("checksum")
+    except Exception:  # a chunk that no longer decodes is corruption too
+        return False
+
+
+def _owner_alive(info: dict[str, Any], queued: set[str] | None) -> bool:
+    slurm = info.get("slurm")
+    if slurm and "job_id" in slurm:
+        return True if queued is None else slurm["job_id"] in queued
+    if info.get("host") != socket.gethostname():
+        return True  # another machine's process: trust the record
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(int(info["pid"]))
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] != "Z"
+
+
+def _slurm_jobs() -> set[str] | None:
+    """Ids of the SLURM jobs in the queue (array tasks under their own ids), or None."""
+    try:
+        result = subprocess.run(
+            ["squeue", "-h", "-o", "%A %i"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    return {token for line in result.stdout.split() for token in line.split()}
+
+
+def finalize(store: SweepStore, scheduler: str | None = None, progress: bool = True) -> None:
+    """Aggregate the ensembles with Dask into the store and consolidate its metadata."""
+    from analysis.aggregate import aggregate
+
+    aggregate(store.path, scheduler=scheduler, progress=progress)
+    store.update_attrs(finalized_unix=round(time.time(), 3))
+    store.consolidate()
+
+
+def tasks_of(store: SweepStore) -> list[Task]:
+    return expand(store_spec(store))

@@ -1,0 +1,275 @@
+"""Sweeps through a real SLURM (submitit, dask-jobqueue) and a real MPI; no mocks.
+
+Established here (jobs/executors.py, jobs/cli.py, analysis/aggregate.py), against the
+single-host SLURM of ``slurm/cluster.sh`` (fixture ``slurm_cluster``) and Open MPI:
+
+* ``nnqs run --executor slurm`` runs the tasks as a submitit job array and ends
+  bitwise identical to a local run; the manifest records each task's SLURM job;
+* ``scancel`` of one array task mid-run, then ``resubmit``: the lost task is
+  reported ``failed`` by ``status``, recomputed, and nothing done is done twice;
+* a ``Checkpointable`` array element that reaches its time limit is requeued and
+  finishes the remaining tasks from the store;
+* ``nnqs aggregate --cluster slurm`` on a dask-jobqueue SLURMCluster writes the same
+  aggregate as a LocalCluster;
+* ``mpirun -n 2`` and ``srun --mpi=pmix -n 2``: two ranks share the tasks and rank 0
+  aggregates, bitwise identical to a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from suite.store import MANIFEST, SweepStore
+
+SPEC = """
+[sweep]
+name = "tiny-slurm"
+study = "dynamics"
+seed = 5
+dtype = "float64"
+[target]
+model = "tfim"
+lx = 2
+ly = 3
+[grid]
+widths = [16, 32]
+train_sizes = [12]
+[ensemble]
+members = 8
+shard_size = 2
+[training]
+log_points = 5
+max_steps = {max_steps}
+[executor]
+kind = "local"
+[executor.slurm]
+mem_gb = 2
+time_min = {time_min}
+signal_delay_s = 15
+"""
+
+
+def _nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+def _results(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(a[...]) for name, a in group.arrays() if name != MANIFEST}
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    first, second = _results(a), _results(b)
+    assert first.keys() == second.keys()
+    for name, values in first.items():
+        assert np.array_equal(values, second[name], equal_nan=values.dtype.kind in "fc"), name
+
+
+def _spec(tmp_path: Path, max_steps: int = 30, time_min: int = 5) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC.format(max_steps=max_steps, time_min=time_min))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("local")
+    store = tmp / "local.zarr"
+    _nnqs("run", str(_spec(tmp)), "--store", str(store))
+    return store
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_submitit_sweep_equals_local_run(
+    slurm_cluster: Path, tmp_path: Path, local_reference: Path
+) -> None:
+    store = tmp_path / "slurm.zarr"
+    answer = _nnqs(
+        "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "slurm",
+        "--tasks-per-job", "4",
+    )  # fmt: skip
+    assert answer["executor"] == "slurm" and answer["tasks"]["done"] == 8
+    assert len(answer["slurm_jobs"]) == 2 and answer["aggregated"]
+    jobs = {r.info["slurm"]["job_id"] for r in SweepStore(store).records()}
+    assert len(jobs) == 2  # two array elements, four tasks each
+    assert list(Path(f"{store}.slurm").iterdir())  # per-task logs
+    _assert_identical(store, local_reference)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _queue(job: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-j", job, "-o", "%i %T"], capture_output=True, text=True, check=False
+    ).stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancel_one_array_task_then_resubmit(
+    slurm_cluster: Path, tmp_path: Path, local_reference: Path
+) -> None:
+    store = tmp_path / "cancelled.zarr"
+    answer = _nnqs(
+        "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "slurm",
+        "--tasks-per-job", "2", "--no-wait",
+    )  # fmt: skip
+    array = answer["slurm_jobs"][0].split("_")[0]
+
+    def running_first_of_group() -> dict | None:
+        if not store.exists():
+            return None
+        for record in SweepStore(store).records():
+            if record.state == "running" and "slurm" in record.info and record.task % 2 == 0:
+                return {"task": record.task, **record.info["slurm"]}
+        return None
+
+    # cancel an array element while it works on the first of its two tasks
+    _wait_for(lambda: running_first_of_group() is not None, 180, "a running array task")
+    victim = running_first_of_group()
+    assert victim is not None
+    # SLURM 22.05 refuses (exit 0!) an array task's own job id: name it ARRAY_TASK
+    subprocess.run(["scancel", f"{array}_{victim['array_task_id']}"], check=True)
+    _wait_for(lambda: not _queue(array).strip(), 300, "the array to leave the queue")
+
+    status = _nnqs("status", str(store))
+    counts = status["tasks"]
+    assert counts["running"] == 0
+    # the element's second task never started (its first may have finished in KillWait)
+    assert counts["done"] < 8 and counts["pending"] + counts["failed"] == 8 - counts["done"]
+    records = {r.task: r for r in SweepStore(store).records()}
+    assert records[victim["task"] + 1].state == "pending"
+    before = {t: r.info for t, r in records.items() if r.state == "done"}
+
+    again = _nnqs("resubmit", str(store), "--executor", "slurm")
+    assert victim["task"] + 1 in again["resubmitted"]
+    assert sorted(again["resubmitted"]) == sorted(set(range(8)) - set(before))
+    assert again["tasks"]["done"] == 8
+    after = {r.task: r.info for r in SweepStore(store).records()}
+    for task, info in before.items():  # nothing done twice
+        assert after[task] == info
+    _assert_identical(store, local_reference)
+
+
+CHECKPOINT_SPEC = """
+[sweep]
+name = "requeue"
+study = "dynamics"
+[target]
+model = "tfim"
+[grid]
+widths = [1024]
+train_sizes = [128]
+[ensemble]
+members = 40
+shard_size = 4
+[training]
+log_points = 4
+max_steps = 12000
+tolerance = 1e-6
+[executor.slurm]
+mem_gb = 2
+time_min = 1
+signal_delay_s = 15
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_checkpointable_job_requeues_at_its_time_limit(slurm_cluster: Path, tmp_path: Path) -> None:
+    # one array element for 10 tasks of ~5-10 s each, a 1-minute limit and SIGUSR2 15 s
+    # before it: the element must be requeued (and resume from the store) to finish
+    spec = tmp_path / "requeue.toml"
+    spec.write_text(CHECKPOINT_SPEC)
+    store = tmp_path / "requeued.zarr"
+    answer = _nnqs(
+        "run", str(spec), "--store", str(store), "--executor", "slurm",
+        "--tasks-per-job", "10", timeout=580,
+    )  # fmt: skip
+    assert answer["tasks"]["done"] == 10 and len(answer["slurm_jobs"]) == 1
+    records = SweepStore(store).records()
+    restarts = [int(r.info["slurm"].get("restart_count", 0)) for r in records]
+    assert max(restarts) >= 1, restarts
+    assert restarts == sorted(restarts)  # each run resumed where the last one stopped
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_aggregation_on_a_slurm_dask_cluster(
+    slurm_cluster: Path, tmp_path: Path, local_reference: Path
+) -> None:
+    store = tmp_path / "dask.zarr"
+    _nnqs("run", str(_spec(tmp_path)), "--store", str(store), "--no-aggregate")
+    assert np.isnan(SweepStore(store).read("train_mean_of_losses")).all()
+    answer = _nnqs("aggregate", str(store), "--cluster", "slurm", "--workers", "1")
+    assert answer["aggregated"] and answer["cluster"] == "slurm"
+    _assert_identical(store, local_reference)
+    logs = list(Path(f"{store}.dask").iterdir())
+    assert logs  # the Dask worker ran as a SLURM job
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_mpirun_two_ranks_share_the_sweep(
+    mpirun: object, tmp_path: Path, local_reference: Path
+) -> None:
+    store = tmp_path / "mpi.zarr"
+    env = {**os.environ, **mpirun.env, "PATH": f"{Path(mpirun.path).parent}:{os.environ['PATH']}"}
+    env.pop("SLURM_JOB_ID", None)
+    answer = _nnqs(
+        "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "mpi", "--ranks", "2",
+        env=env,
+    )  # fmt: skip
+    assert answer["tasks"]["done"] == 8 and answer["aggregated"]
+    pids = {r.info["pid"] for r in SweepStore(store).records()}
+    assert len(pids) == 2  # both ranks worked
+    _assert_identical(store, local_reference)
+
+
+@pytest.mark.slurm
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_srun_pmix_two_ranks_share_the_sweep(
+    slurm_cluster: Path, tmp_path: Path, local_reference: Path
+) -> None:
+    store = tmp_path / "srun.zarr"
+    result = subprocess.run(
+        [
+            "srun", "--mpi=pmix", "-n", "2", "--mem-per-cpu=2G", sys.executable, "-m",
+            "jobs.cli", "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "mpi",
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout)
+    assert answer["tasks"]["done"] == 8
+    ranks = {r.info["slurm"]["procid"] for r in SweepStore(store).records()}
+    assert ranks == {"0", "1"}
+    _assert_identical(store, local_reference)

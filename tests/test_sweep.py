@@ -1,0 +1,333 @@
+"""Tests of the sweep engine on real Zarr stores: runs, resume, faults, aggregation.
+
+Established here (jobs/sweep.py, jobs/studies.py, suite/store.py, analysis/aggregate.py):
+
+* a local sweep's per-member results equal :func:`suite.training.train_ensemble` run
+  directly on all members, and the Dask aggregation equals :func:`summarize` of the
+  combined shards; the entanglement and kernels studies likewise match their
+  library functions; ``xarray.open_zarr`` reads the store with named dimensions;
+* a run killed with SIGKILL mid-sweep resumes: only unfinished tasks are recomputed
+  and the store ends bitwise identical to an uninterrupted run; the task in flight
+  at the kill is reported ``failed`` (its process is gone) by ``status``;
+* two processes writing disjoint tasks of one store at once corrupt nothing;
+* a corrupted chunk is found by ``status --verify`` and recomputed, alone, by
+  ``resubmit``; a pool of processes gives the same bytes as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import suite  # noqa: F401  (first: enables JAX float64)
+
+# isort: split
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from jobs import cli
+from jobs.spec import load_spec
+from jobs.studies import dynamics_nnqs, entanglement_study, expand
+from jobs.sweep import execute_task, open_sweep, task_states
+from suite.entanglement import ensemble_entanglement
+from suite.kernels.gram import gram
+from suite.store import MANIFEST, SweepStore
+from suite.training import combine, summarize, train_ensemble
+
+DYNAMICS = """
+[sweep]
+name = "tiny"
+study = "dynamics"
+seed = 3
+dtype = "float64"
+[target]
+model = "tfim"
+lx = 2
+ly = 3
+[grid]
+widths = [16, 48]
+train_sizes = [12]
+[ensemble]
+members = 8
+shard_size = 2
+[training]
+log_points = 5
+max_steps = {max_steps}
+"""
+
+
+def _spec_file(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _run(*argv: str) -> dict:
+    """``nnqs ARGV`` in a fresh process (as a user runs it); its JSON answer."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(array[...]) for name, array in group.arrays() if name != MANIFEST}
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    first, second = _arrays(a), _arrays(b)
+    assert first.keys() == second.keys()
+    for name in first:
+        x, y = first[name], second[name]
+        assert x.dtype == y.dtype, name
+        if x.dtype.kind in "fc":
+            assert np.array_equal(x, y, equal_nan=True), name
+        else:
+            assert np.array_equal(x, y), name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted in-process run of the tiny dynamics sweep."""
+    tmp = tmp_path_factory.mktemp("reference")
+    spec_path = _spec_file(tmp, DYNAMICS.format(max_steps=40))
+    store = tmp / "reference.zarr"
+    assert cli.main(["run", str(spec_path), "--store", str(store)]) == 0
+    return store
+
+
+def test_local_sweep_equals_direct_training_and_summary(reference: Path) -> None:
+    store = SweepStore(reference)
+    spec = load_spec(_spec_file(reference.parent, DYNAMICS.format(max_steps=40), "again.toml"))
+    assert task_states(store, verify=True).counts()["done"] == len(expand(spec)) == 8
+    steps, inputs, phi = store.read("step"), store.read("inputs"), store.read("phi")
+    train = np.flatnonzero(store.read("train_mask")[0])
+    rate = float(store.read("learning_rate")[0, 0])
+    for w, width in enumerate(spec.grid.widths):
+        direct = train_ensemble(
+            dynamics_nnqs(spec, width),
+            inputs,
+            phi,
+            train,
+            seed=3,
+            members=np.arange(8),
+            learning_rate=rate,
+            log_steps=steps,
+            dtype="float64",
+        )
+        stored = store.read("member_train_loss")[0, 0, w]
+        np.testing.assert_allclose(stored, direct.train_loss.T, rtol=1e-10)
+        halves = [
+            train_ensemble(
+                dynamics_nnqs(spec, width),
+                inputs,
+                phi,
+                train,
+                seed=3,
+                members=np.arange(s, s + 4),
+                learning_rate=rate,
+                log_steps=steps,
+                dtype="float64",
+            )
+            for s in (0, 4)
+        ]
+        summary = summarize(combine(halves), phi, train)
+        np.testing.assert_allclose(
+            store.read("ensemble_mean")[0, 0, w], summary.mean, rtol=1e-9, atol=1e-12
+        )
+        for name in ("train_loss_of_mean_debiased", "test_mean_of_losses"):
+            np.testing.assert_allclose(
+                store.read(name)[0, 0, w], getattr(summary, name), rtol=1e-9, atol=1e-14
+            )
+    # the analytic prediction at t = 0 is the prior: finite and infinite agree roughly
+    prior = store.read("infinite_continuous")[0, 0, 1, 0]
+    assert 0.5 < store.read("train_mean_of_losses")[0, 0, 1, 0] / prior < 2
+
+
+def test_xarray_reads_the_store(reference: Path) -> None:
+    ds = xr.open_zarr(reference)
+    assert ds.train_mean_of_losses.dims == ("train_size", "lr_factor", "width", "step")
+    assert list(ds.width.values) == [16, 48]
+    assert ds.attrs["spec"]["sweep"]["name"] == "tiny"
+    assert ds.attrs["provenance"]["packages"]["zarr"]
+    assert "finalized_unix" in ds.attrs
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
+    tmp_path: Path, reference: Path
+) -> None:
+    spec_path = _spec_file(tmp_path, DYNAMICS.format(max_steps=40))
+    store_path = tmp_path / "killed.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--store", str(store_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    done: list[int] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        if (store_path / "zarr.json").exists():
+            records = SweepStore(store_path).records()
+            done = [r.task for r in records if r.state == "done"]
+            if len(done) >= 3:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {r.task: r for r in SweepStore(store_path).records()}
+    status = _run("status", str(store_path))
+    counts = status["tasks"]
+    assert counts["done"] >= 3 and counts["done"] < 8
+    assert counts["running"] == 0  # the killed owner is detected
+    assert counts["failed"] + counts["pending"] + counts["done"] == 8
+
+    resumed = _run("run", str(spec_path), "--store", str(store_path))
+    assert resumed["tasks"]["done"] == 8
+    assert resumed["tasks_run"] == 8 - counts["done"]
+    after = {r.task: r for r in SweepStore(store_path).records()}
+    for task, record in before.items():
+        if record.state == "done":  # not recomputed: the record is the killed run's
+            assert after[task].info == record.info
+        else:
+            assert after[task].info["pid"] != process.pid
+    _assert_identical(store_path, reference)
+
+
+@pytest.mark.slow
+def test_two_writers_on_disjoint_tasks_and_a_process_pool(tmp_path: Path, reference: Path) -> None:
+    spec = load_spec(_spec_file(tmp_path, DYNAMICS.format(max_steps=40)))
+    store_path = tmp_path / "shared.zarr"
+    open_sweep(spec, store_path)
+    code = "import sys; from jobs.sweep import execute_task\n" + (
+        "for t in sys.argv[2:]: execute_task(sys.argv[1], int(t))"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", code, str(store_path), *map(str, tasks)])
+        for tasks in ([0, 2, 4, 6], [1, 3, 5, 7])
+    ]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    assert task_states(SweepStore(store_path), verify=True).counts()["done"] == 8
+    assert cli.main(["aggregate", str(store_path)]) == 0
+    _assert_identical(store_path, reference)
+
+    pooled = tmp_path / "pooled.zarr"
+    answer = _run("run", str(tmp_path / "tiny.toml"), "--store", str(pooled), "--processes", "2")
+    assert answer["tasks_run"] == 8
+    _assert_identical(pooled, reference)
+
+
+@pytest.mark.slow
+def test_corrupted_chunk_is_detected_and_only_it_recomputed(
+    tmp_path: Path, reference: Path
+) -> None:
+    spec_path = _spec_file(tmp_path, DYNAMICS.format(max_steps=40))
+    store_path = tmp_path / "corrupt.zarr"
+    assert cli.main(["run", str(spec_path), "--store", str(store_path)]) == 0
+    before = {r.task: r.info for r in SweepStore(store_path).records()}
+    # task 5: width index 1, shard 1 -> chunk (0, 0, 1, 1, 0, 0) of sum_uu
+    chunk = store_path / "sum_uu" / "c" / "0" / "0" / "1" / "1" / "0" / "0"
+    assert chunk.is_file()
+    chunk.write_bytes(os.urandom(chunk.stat().st_size))
+
+    status = _run("status", str(store_path), "--verify")
+    assert status["tasks"]["corrupt"] == 1 and status["tasks"]["done"] == 7
+    assert list(status["problems"]) == ["5"]
+    assert _run("status", str(store_path))["tasks"]["done"] == 8  # no verify: not looked at
+
+    answer = _run("resubmit", str(store_path))
+    assert answer["resubmitted"] == [5] and answer["tasks"]["done"] == 8
+    after = {r.task: r.info for r in SweepStore(store_path).records()}
+    assert [t for t in after if after[t] != before[t]] == [5]
+    _assert_identical(store_path, reference)
+
+
+def test_failed_task_is_recorded_with_its_error(tmp_path: Path) -> None:
+    spec = load_spec(_spec_file(tmp_path, DYNAMICS.format(max_steps=5)))
+    store = open_sweep(spec, tmp_path / "s.zarr")
+    (tmp_path / "s.zarr" / "phi" / "c" / "0").write_bytes(b"not a chunk")
+    with pytest.raises(Exception):  # noqa: B017  (the codec's own error type)
+        execute_task(store.path, 0)
+    status = task_states(store)
+    assert status.states[0] == "failed" and status.records[0]["error"]
+    assert status.todo()[0] == 0
+
+
+def test_entanglement_sweep_matches_the_library(tmp_path: Path) -> None:
+    text = """
+[sweep]
+name = "ent"
+study = "entanglement"
+seed = 1
+[grid]
+widths = [16]
+architectures = ["cosnet", "relu"]
+[ensemble]
+members = 6
+shard_size = 3
+[entanglement]
+n_sites = 6
+cosnet_s0 = 1.0
+"""
+    spec = load_spec(_spec_file(tmp_path, text, "ent.toml"))
+    store_path = tmp_path / "ent.zarr"
+    assert cli.main(["run", str(tmp_path / "ent.toml"), "--store", str(store_path)]) == 0
+    store = SweepStore(store_path)
+    study = entanglement_study(spec)
+    for a, architecture in enumerate(spec.grid.architectures):
+        direct = ensemble_entanglement(
+            study.nnqs(architecture, 16), 6, study.cuts, seed=1, members=np.arange(6)
+        )
+        np.testing.assert_allclose(
+            store.read("von_neumann")[a, 0], direct.von_neumann, rtol=1e-10, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            store.read("ratio_renyi2")[a, 0], direct.ratio_renyi2(), rtol=1e-10
+        )
+    page = store.read("page")
+    assert page.shape == (3,) and np.all(np.diff(page) > 0)
+
+
+def test_kernels_sweep_grams_and_empirical_deviation(tmp_path: Path) -> None:
+    text = """
+[sweep]
+name = "ker"
+study = "kernels"
+[target]
+model = "tfim"
+lx = 2
+ly = 3
+[grid]
+widths = [32, 2048]
+train_sizes = [8, 16]
+[ensemble]
+members = 4
+shard_size = 2
+[kernels]
+full = true
+block = 16
+"""
+    spec = load_spec(_spec_file(tmp_path, text, "ker.toml"))
+    store_path = tmp_path / "ker.zarr"
+    assert cli.main(["run", str(tmp_path / "ker.toml"), "--store", str(store_path)]) == 0
+    store = SweepStore(store_path)
+    inputs = store.read("inputs")
+    nnqs = dynamics_nnqs(spec, 32)
+    nngp, ntk = gram(nnqs.infinite, inputs, inputs)
+    np.testing.assert_allclose(store.read("ntk")[0], ntk.uu, rtol=1e-12)
+    np.testing.assert_allclose(store.read("nngp")[3], nngp.vv, rtol=1e-12)
+    train = np.flatnonzero(store.read("train_mask")[1])
+    np.testing.assert_allclose(store.read("ntk_basis_train")[1, 0][:, :16], ntk.uu[:, train])
+    narrow, wide = store.read("mean_empirical_deviation")
+    assert wide < narrow / 3  # fluctuations fall like width^(-1/2): 64x wider, 8x closer
