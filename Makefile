@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint unit python-venv clean bench-training bench-entanglement
+.PHONY: setup demo test lint unit python-venv clean bench-training bench-entanglement slurm-up slurm-down
 # Debian's python3 ships without venv/ensurepip unless python3-venv is installed.
 python-venv:
 	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || \
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | python-venv
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/nnqs demo
+	$(VENV)/bin/nnqs run quickstart
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -35,6 +35,13 @@ bench-training: setup
 
 bench-entanglement: setup
 	$(VENV)/bin/python -m analysis.bench_entanglement
+
+# The single-host SLURM of slurm/ (root): start, stop.
+slurm-up:
+	bash slurm/cluster.sh start
+
+slurm-down:
+	bash slurm/cluster.sh stop
 
 clean:
 	rm -rf $(VENV) $(NT_VENV) $(PARITY_DIR) .pytest_cache .ruff_cache

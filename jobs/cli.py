@@ -9,6 +9,7 @@
     nnqs status runs/quickstart.zarr [--verify]
     nnqs resubmit runs/quickstart.zarr
     nnqs aggregate runs/quickstart.zarr [--cluster slurm]
+    nnqs report runs/quickstart.zarr --out runs/quickstart.report
 
 Errors are one line on stderr (exit status 2); ``--debug`` shows the traceback.
 """
@@ -177,19 +178,39 @@ def _finish(store: Any, args: argparse.Namespace, summary: dict[str, Any]) -> di
     if executors.mpi_world()[0] != 0:
         return None  # rank 0 reports
     status = task_states(store)
-    if status.complete and not args.no_aggregate:
+    aggregated = status.complete and not args.no_aggregate
+    report = None
+    if aggregated:
+        from analysis.report import write_report
+
         finalize(store)
+        report = write_report(store.path, report_folder(store.path))
     return {
         "store": str(store.path),
         **summary,
         "tasks": status.counts(),
-        "aggregated": status.complete and not args.no_aggregate,
+        "aggregated": aggregated,
+        **({"report": str(report)} if report else {}),
         "next": (
             f"xarray.open_zarr({str(store.path)!r})"
             if status.complete
             else f"nnqs status {store.path}; nnqs resubmit {store.path}"
         ),
     }
+
+
+def report_folder(store: Any) -> Any:
+    """Where a store's report goes by default: ``<store>.report/``."""
+    from pathlib import Path
+
+    return Path(f"{store}.report")
+
+
+def _cmd_report(args: argparse.Namespace) -> Any:
+    from analysis.report import write_report
+
+    out = args.out or report_folder(args.store)
+    return {"report": str(write_report(args.store, out))}
 
 
 def _cmd_run(args: argparse.Namespace) -> Any:
@@ -402,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--profile", default="local", help="slurm: cluster profile")
     aggregate.add_argument("--workers", type=int, default=1, help="slurm: Dask workers")
     aggregate.set_defaults(run=_cmd_aggregate)
+
+    report = commands.add_parser(
+        "report", help="figures (PNG, PDF) and a Markdown report of an aggregated store"
+    )
+    report.add_argument("store")
+    report.add_argument("--out", help="output folder (default <store>.report)")
+    report.set_defaults(run=_cmd_report)
     return parser
 
 

@@ -32,7 +32,7 @@ from suite.supervised import (
     scale_target,
     split_basis,
 )
-from suite.targets import build_target, make_spec, target_summary
+from suite.targets import Target, build_target, make_spec, target_summary
 from suite.training import summarize, train_ensemble
 
 CURVES = ("train_loss_of_mean", "train_mean_of_losses", "test_loss_of_mean", "test_mean_of_losses")
@@ -139,19 +139,21 @@ def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:
     return float(np.polyfit(np.log(widths), np.log(deviations), 1)[0])
 
 
-def _problem(study: DynamicsStudy, train_size: int, width: int) -> tuple[Problem, dict[str, Any]]:
-    target = build_target(make_spec(study.model, **study.target))
+def _problem(study: DynamicsStudy, target: Target, train_size: int) -> Problem:
+    """The supervised problem on ``target`` with ``train_size`` random train points."""
     phi = scale_target(target.psi, study.target_scale)
     train, test = split_basis(phi.size, train_size, study.seed)
-    return make_problem(study.nnqs(width), target.inputs, phi, train, test), target_summary(target)
+    # infinite-width kernels do not depend on the width: any width builds the same maps
+    return make_problem(study.nnqs(study.widths[0]), target.inputs, phi, train, test)
 
 
 def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str, Any]:
     """Run the study: Fig. 2 (curves at ``train_size``) and Fig. 3 (losses vs train size)."""
     clock = time.perf_counter()
     say = progress_printer(progress)
-    # Infinite-width kernels do not depend on the width: any width builds the same maps.
-    problem, summary = _problem(study, study.train_size, study.widths[0])
+    target = build_target(make_spec(study.model, **study.target))
+    summary = target_summary(target)
+    problem = _problem(study, target, study.train_size)
     eta_max = problem.eta_max
     learning_rate = study.lr_factor * eta_max
     step = convergence_step(problem, learning_rate, study.tolerance)
@@ -202,7 +204,7 @@ def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str,
         "finite": {str(w): [] for w in study.widths},
     }
     for size in study.train_sizes:
-        sized, _ = _problem(study, size, study.widths[0])
+        sized = _problem(study, target, size)
         rate = study.lr_factor * sized.eta_max
         at_end = np.asarray([float(max_step)])
         for key, times in (("infinite_t_final", at_end), ("infinite_t_inf", np.asarray([np.inf]))):

@@ -123,12 +123,10 @@ def submit_slurm(
         profile = profile.with_overrides(**spec.executor.slurm)
     clock = time.perf_counter()
     folder = log_folder(path)
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    executor.update_parameters(
-        name=f"nnqs-{spec.sweep.name}",
-        slurm_max_num_timeout=MAX_REQUEUES,
-        **submitit_parameters(profile),
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES
     )
+    executor.update_parameters(name=f"nnqs-{spec.sweep.name}", **submitit_parameters(profile))
     groups = [list(tasks[i : i + tasks_per_job]) for i in range(0, len(tasks), tasks_per_job)]
     jobs = executor.map_array(ShardJob(str(path)), groups)
     ids = [job.job_id for job in jobs]

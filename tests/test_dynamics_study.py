@@ -23,6 +23,7 @@ from jobs.dynamics import (
     relative_deviation,
 )
 from suite.supervised import convergence_step, infinite_width_curves, log_steps
+from suite.targets import build_target, make_spec
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,8 @@ STUDY = DynamicsStudy(
 
 @functools.cache
 def problem():
-    return _problem(STUDY, STUDY.train_size, 64)[0]
+    target = build_target(make_spec(STUDY.model, **STUDY.target))
+    return _problem(STUDY, target, STUDY.train_size)
 
 
 @functools.cache

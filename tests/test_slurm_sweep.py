@@ -188,11 +188,11 @@ model = "tfim"
 widths = [1024]
 train_sizes = [128]
 [ensemble]
-members = 40
+members = 32
 shard_size = 4
 [training]
 log_points = 4
-max_steps = 12000
+max_steps = 20000
 tolerance = 1e-6
 [executor.slurm]
 mem_gb = 2
@@ -204,16 +204,16 @@ signal_delay_s = 15
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_checkpointable_job_requeues_at_its_time_limit(slurm_cluster: Path, tmp_path: Path) -> None:
-    # one array element for 10 tasks of ~5-10 s each, a 1-minute limit and SIGUSR2 15 s
+    # one array element for 8 tasks of ~6-15 s each, a 1-minute limit and SIGUSR2 15 s
     # before it: the element must be requeued (and resume from the store) to finish
     spec = tmp_path / "requeue.toml"
     spec.write_text(CHECKPOINT_SPEC)
     store = tmp_path / "requeued.zarr"
     answer = _nnqs(
         "run", str(spec), "--store", str(store), "--executor", "slurm",
-        "--tasks-per-job", "10", timeout=580,
+        "--tasks-per-job", "8", timeout=580,
     )  # fmt: skip
-    assert answer["tasks"]["done"] == 10 and len(answer["slurm_jobs"]) == 1
+    assert answer["tasks"]["done"] == 8 and len(answer["slurm_jobs"]) == 1
     records = SweepStore(store).records()
     restarts = [int(r.info["slurm"].get("restart_count", 0)) for r in records]
     assert max(restarts) >= 1, restarts

@@ -33,6 +33,7 @@ import pytest
 import xarray as xr
 import zarr
 
+from analysis.compare import relative_deviations
 from jobs import cli
 from jobs.spec import load_spec
 from jobs.studies import dynamics_nnqs, entanglement_study, expand
@@ -152,6 +153,30 @@ def test_local_sweep_equals_direct_training_and_summary(reference: Path) -> None
     # the analytic prediction at t = 0 is the prior: finite and infinite agree roughly
     prior = store.read("infinite_continuous")[0, 0, 1, 0]
     assert 0.5 < store.read("train_mean_of_losses")[0, 0, 1, 0] / prior < 2
+
+
+def test_the_run_writes_a_report_with_the_deviation_tables(reference: Path) -> None:
+    report = Path(f"{reference}.report")
+    text = (report / "report.md").read_text()
+    for name in ("fig2-B12-lr0.5", "deviation-B12-lr0.5", "spectra"):
+        assert (report / f"{name}.png").stat().st_size > 1000
+        assert (report / f"{name}.pdf").is_file()
+        assert f"({name}.png)" in text
+    deviations = relative_deviations(reference, "discrete")[0, 0]  # (width, curve, step)
+    largest = np.nanmax(deviations[..., 1:], axis=-1)
+    row = f"| 48 | {' | '.join(f'{v:.4g}' for v in largest[1])} |"
+    assert row in text
+    assert "| exponent |" in text
+
+
+def test_report_of_an_unaggregated_store_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = load_spec(_spec_file(tmp_path, DYNAMICS.format(max_steps=5)))
+    open_sweep(spec, tmp_path / "raw.zarr")
+    assert cli.main(["report", str(tmp_path / "raw.zarr")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "not aggregated yet" in error
 
 
 def test_xarray_reads_the_store(reference: Path) -> None:
@@ -297,6 +322,9 @@ cosnet_s0 = 1.0
         )
     page = store.read("page")
     assert page.shape == (3,) and np.all(np.diff(page) > 0)
+    text = (Path(f"{store_path}.report") / "report.md").read_text()
+    assert "### cosnet" in text and "### relu" in text
+    assert (Path(f"{store_path}.report") / "fig1.png").is_file()
 
 
 def test_kernels_sweep_grams_and_empirical_deviation(tmp_path: Path) -> None:
@@ -331,3 +359,5 @@ block = 16
     np.testing.assert_allclose(store.read("ntk_basis_train")[1, 0][:, :16], ntk.uu[:, train])
     narrow, wide = store.read("mean_empirical_deviation")
     assert wide < narrow / 3  # fluctuations fall like width^(-1/2): 64x wider, 8x closer
+    text = (Path(f"{store_path}.report") / "report.md").read_text()
+    assert f"| 2048 | {wide:.4g} |" in text

@@ -1,0 +1,186 @@
+"""The paper's figures from a sweep's store (matplotlib, PNG and PDF).
+
+* Fig. 1 (:func:`entanglement_figure`): mean ``S_vN`` of finite-width ensembles
+  against subsystem size, with the GP Renyi-2 estimate, the Page value and the
+  Haar Renyi-2 value (theory.md §6);
+* Fig. 2 (:func:`loss_curves_figure`): train and test mean-of-losses of finite
+  ensembles at the logged steps against the infinite-width prediction in exact
+  discrete steps and in continuous time (theory.md §5);
+* Fig. 3 (:func:`final_loss_figure`): total loss at the last logged step against
+  the train-set size, per width and for the NTK limit (at that step and t = inf);
+* :func:`spectra_figure`: QS-NTK eigenvalues on each train set (they set the
+  convergence rates ``1 - eta lambda / B``);
+* :func:`deviation_figure`: the largest deviation from infinite width against
+  width, log-log, with the fitted exponent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from analysis.compare import relative_deviations
+from jobs.dynamics import width_exponent
+from jobs.studies import CURVES
+from suite.store import SweepStore
+
+#: the loss-curve panels of Fig. 2: (finite array, index of the infinite curve, title)
+PANELS = (("train_mean_of_losses", 1, "train"), ("test_mean_of_losses", 3, "test"))
+
+
+def save(figure: Figure, out: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write ``figure`` as ``out/name.png`` and ``out/name.pdf``; return the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for path in paths:
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+def _widths(store: SweepStore) -> list[int]:
+    return store.read("width").tolist()
+
+
+def loss_curves_figure(store: SweepStore, train: int = -1, rate: int = 0) -> Figure:
+    """Fig. 2 at train-size index ``train`` and learning-rate index ``rate``."""
+    steps = store.read("step").astype(float)
+    shifted = steps + 1  # log axis: step 0 at 1
+    infinite = {
+        time: store.read(f"infinite_{time}")[train, rate] for time in ("discrete", "continuous")
+    }
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(_widths(store))))
+    for axis, (name, curve, title) in zip(axes, PANELS, strict=True):
+        for w, width in enumerate(_widths(store)):
+            axis.plot(
+                shifted,
+                store.read(name)[train, rate, w],
+                "o",
+                ms=4,
+                color=colours[w],
+                label=f"width {width}",
+            )
+        axis.plot(shifted, infinite["discrete"][curve], "k-", lw=1.5, label="NTK, discrete steps")
+        axis.plot(shifted, infinite["continuous"][curve], "k--", lw=1, label="NTK, gradient flow")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("step + 1")
+        axis.set_ylabel(f"{title} loss (mean of the losses)")
+        axis.set_title(f"{title}, B = {store.read('train_size')[train]}")
+    axes[0].legend(fontsize=8)
+    return figure
+
+
+def total_losses(store: SweepStore, rate: int = 0) -> dict[str, np.ndarray]:
+    """Total (whole-basis) mean-of-losses at the last step: finite per width, NTK at that
+    step and at t = inf; each ``(train_size, ...)``."""
+    sizes = store.read("train_size").astype(float)
+    dimension = store.read("phi").size
+    weight = sizes / dimension
+
+    def total(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        shape = (-1,) + (1,) * (train.ndim - 1)
+        return weight.reshape(shape) * train + (1 - weight.reshape(shape)) * test
+
+    finite = total(
+        store.read("train_mean_of_losses")[:, rate, :, -1],
+        store.read("test_mean_of_losses")[:, rate, :, -1],
+    )
+    last = store.read("infinite_discrete")[:, rate, :, -1]
+    limit = store.read("infinite_t_inf")[:, rate]
+    return {
+        "train_size": sizes,
+        "finite": finite,
+        "infinite_last_step": total(last[:, 1], last[:, 3]),
+        "infinite_t_inf": total(limit[:, 1], limit[:, 3]),
+    }
+
+
+def final_loss_figure(store: SweepStore, rate: int = 0) -> Figure:
+    """Fig. 3: total loss at the last logged step against the train-set size."""
+    losses = total_losses(store, rate)
+    figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    for w, width in enumerate(_widths(store)):
+        axis.plot(losses["train_size"], losses["finite"][:, w], "o-", ms=4, label=f"width {width}")
+    axis.plot(losses["train_size"], losses["infinite_last_step"], "k-", label="NTK, last step")
+    axis.plot(losses["train_size"], losses["infinite_t_inf"], "k:", label="NTK, t = inf")
+    axis.set_xscale("log")
+    axis.set_xlabel("train-set size B")
+    axis.set_ylabel("total loss (whole basis)")
+    axis.legend(fontsize=8)
+    return figure
+
+
+def spectra_figure(store: SweepStore) -> Figure:
+    """QS-NTK eigenvalues on each train set, in decreasing order."""
+    spectra = store.read("ntk_spectrum")
+    figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    for size, values in zip(store.read("train_size"), spectra, strict=True):
+        ordered = np.sort(values[np.isfinite(values)])[::-1]
+        axis.plot(np.arange(1, ordered.size + 1), ordered, label=f"B = {size}")
+    axis.set_yscale("log")
+    axis.set_xlabel("index")
+    axis.set_ylabel("eigenvalue of the 2B x 2B QS-NTK")
+    axis.legend(fontsize=8)
+    return figure
+
+
+def largest_deviations(store: SweepStore, train: int = -1, rate: int = 0) -> dict[str, np.ndarray]:
+    """Largest discrete-time deviation over steps >= 1 per width, per curve."""
+    deviations = relative_deviations(store.path, "discrete")[train, rate]  # (W, curve, step)
+    return {name: np.nanmax(deviations[:, i], axis=-1) for i, name in enumerate(CURVES)}
+
+
+def deviation_figure(store: SweepStore, train: int = -1, rate: int = 0) -> Figure:
+    """Largest relative deviation from the discrete-step prediction against width."""
+    widths = _widths(store)
+    figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    for name, values in largest_deviations(store, train, rate).items():
+        label = name.replace("_", " ")
+        if len(widths) > 1 and np.all(values > 0):
+            label += f" (slope {width_exponent(widths, values.tolist()):.2f})"
+        axis.plot(widths, values, "o-", label=label)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("width")
+    axis.set_ylabel("max |finite / NTK - 1| over steps >= 1")
+    axis.legend(fontsize=8)
+    return figure
+
+
+def entanglement_figure(store: SweepStore) -> Figure:
+    """Fig. 1: entanglement against subsystem size, per architecture."""
+    architectures = store.read("architecture").tolist()
+    cuts = store.read("cut")
+    figure, axes = plt.subplots(
+        1,
+        len(architectures),
+        figsize=(4.5 * len(architectures), 4),
+        squeeze=False,
+        layout="constrained",
+    )
+    for a, (axis, name) in enumerate(zip(axes[0], architectures, strict=True)):
+        for w, width in enumerate(_widths(store)):
+            axis.errorbar(
+                cuts,
+                store.read("mean_von_neumann")[a, w],
+                yerr=store.read("sem_von_neumann")[a, w],
+                fmt="o",
+                ms=4,
+                capsize=2,
+                label=f"S_vN, width {width}",
+            )
+        axis.plot(cuts, store.read("gp_renyi2")[a], "s--", label="S_2, GP estimate")
+        axis.plot(cuts, store.read("page"), "k-", label="Page")
+        axis.plot(cuts, store.read("haar_renyi2"), "k:", label="Haar S_2")
+        axis.set_xlabel("subsystem size N_A")
+        axis.set_ylabel("entropy (nats)")
+        axis.set_title(name)
+    axes[0, 0].legend(fontsize=8)
+    return figure

@@ -1,0 +1,151 @@
+"""A sweep's report: its figures (PNG, PDF) and a Markdown page of tables.
+
+``write_report(store, out)`` reads an aggregated store and writes, for a
+dynamics sweep, Figs. 2 and 3, the train-set QS-NTK spectra and the deviation
+figure, with tables of the relative deviation of finite from infinite width per
+width and logged step (exact discrete steps) and its fitted exponent against
+width; for an entanglement sweep, Fig. 1 and the gaps to the Page value and to
+the GP estimate; for a kernels sweep, the empirical QS-NTK's distance from the
+infinite-width kernel per width and its exponent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import figures
+from analysis.compare import relative_deviations
+from jobs.dynamics import width_exponent
+from jobs.studies import CURVES
+from suite.store import SweepStore
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "nan" if np.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _image(paths: list[Path], out: Path, caption: str) -> list[str]:
+    png, pdf = (p.relative_to(out) for p in paths)
+    return [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
+
+
+def _dynamics(store: SweepStore, out: Path) -> list[str]:
+    lines: list[str] = []
+    widths = store.read("width").tolist()
+    steps = store.read("step").tolist()
+    sizes = store.read("train_size").tolist()
+    factors = store.read("lr_factor").tolist()
+    deviations = relative_deviations(store.path, "discrete")
+    for t, size in enumerate(sizes):
+        for r, factor in enumerate(factors):
+            tag = f"B{size}-lr{factor:g}"
+            lines += [f"## Loss curves, B = {size}, eta = {factor:g} eta_max", ""]
+            lines += _image(
+                figures.save(figures.loss_curves_figure(store, t, r), out, f"fig2-{tag}"),
+                out,
+                f"Fig. 2: mean of the losses, finite widths against the NTK (B = {size})",
+            )
+            for c, curve in enumerate(CURVES):
+                lines += [f"Relative deviation from the discrete-step NTK: {curve}", ""]
+                rows = [
+                    [width, *deviations[t, r, w, c, 1:].tolist()] for w, width in enumerate(widths)
+                ]
+                lines += [*_table(["width", *map(str, steps[1:])], rows), ""]
+            largest = np.nanmax(deviations[t, r, :, :, 1:], axis=-1)  # (W, curve)
+            rows = [[width, *largest[w].tolist()] for w, width in enumerate(widths)]
+            if len(widths) > 1:
+                rows.append(
+                    ["exponent", *(width_exponent(widths, largest[:, c]) for c in range(4))]
+                )
+            lines += ["Largest deviation over steps >= 1, and its exponent against width:", ""]
+            lines += [*_table(["width", *CURVES], rows), ""]
+            lines += _image(
+                figures.save(figures.deviation_figure(store, t, r), out, f"deviation-{tag}"),
+                out,
+                "Largest relative deviation against width",
+            )
+    if len(sizes) > 1:
+        losses = figures.total_losses(store)
+        lines += ["## Total loss against the train-set size (Fig. 3)", ""]
+        rows = [
+            [int(size), *losses["finite"][t].tolist(), losses["infinite_last_step"][t]]
+            for t, size in enumerate(losses["train_size"])
+        ]
+        lines += [*_table(["B", *(f"width {w}" for w in widths), "NTK"], rows), ""]
+        lines += _image(figures.save(figures.final_loss_figure(store), out, "fig3"), out, "Fig. 3")
+    lines += ["## QS-NTK spectra on the train sets", ""]
+    lines += _image(figures.save(figures.spectra_figure(store), out, "spectra"), out, "Spectra")
+    return lines
+
+
+def _entanglement(store: SweepStore, out: Path) -> list[str]:
+    lines = ["## Entanglement against subsystem size (Fig. 1)", ""]
+    lines += _image(figures.save(figures.entanglement_figure(store), out, "fig1"), out, "Fig. 1")
+    cuts = store.read("cut").tolist()
+    page = store.read("page")
+    for a, name in enumerate(store.read("architecture").tolist()):
+        gp = store.read("gp_renyi2")[a]
+        rows = []
+        for w, width in enumerate(store.read("width").tolist()):
+            page_gap = store.read("mean_von_neumann")[a, w] / page - 1
+            gp_gap = store.read("ratio_renyi2")[a, w] - gp
+            rows.append([width, *page_gap.tolist(), *gp_gap.tolist()])
+        header = ["width", *(f"S_vN/Page-1, N_A={c}" for c in cuts)]
+        header += [f"S_2-GP, N_A={c}" for c in cuts]
+        lines += [f"### {name}", "", *_table(header, rows), ""]
+    return lines
+
+
+def _kernels(store: SweepStore, out: Path) -> list[str]:
+    widths = store.read("width").tolist()
+    members = store.read("mean_empirical_deviation").tolist()
+    mean = store.read("deviation_of_mean_kernel").tolist()
+    rows = [[w, m, k] for w, m, k in zip(widths, members, mean, strict=True)]
+    if len(widths) > 1:
+        rows.append(["exponent", width_exponent(widths, members), width_exponent(widths, mean)])
+    lines = ["## Empirical QS-NTK against the infinite-width kernel", ""]
+    lines += _table(["width", "mean member distance", "distance of the mean kernel"], rows)
+    lines += ["", "## QS-NTK spectra on the train sets", ""]
+    lines += _image(figures.save(figures.spectra_figure(store), out, "spectra"), out, "Spectra")
+    return lines
+
+
+SECTIONS = {"dynamics": _dynamics, "entanglement": _entanglement, "kernels": _kernels}
+
+
+def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Figures and ``report.md`` of the aggregated sweep at ``path`` into ``out``."""
+    store = SweepStore(path)
+    if "finalized_unix" not in store.attrs:
+        raise ValueError(f"store {path} is not aggregated yet: run `nnqs aggregate {path}`")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    attrs = store.attrs
+    spec = attrs["spec"]
+    provenance = attrs["provenance"]
+    lines = [
+        f"# Sweep {spec['sweep']['name']} ({attrs['study']})",
+        "",
+        f"Store `{store.path}`; spec fingerprint `{attrs['fingerprint'][:12]}`; created on "
+        f"{provenance['host']} at commit `{provenance.get('git_commit') or 'unknown'}` "
+        f"(jax {provenance['packages'].get('jax')}, zarr {provenance['packages'].get('zarr')}).",
+        "",
+        f"Grid: {', '.join(f'{k} = {v}' for k, v in spec['grid'].items())}; "
+        f"{spec['ensemble']['members']} members in shards of {spec['ensemble']['shard_size']}.",
+        "",
+        *SECTIONS[attrs["study"]](store, out),
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
