@@ -52,6 +52,11 @@ AGREEMENT_RTOL = 1e-12
 EMPIRICAL_SHAPE = (2048, 256)
 
 
+def default_nt_python() -> Path:
+    """The neural-tangents environment's python: ``$NNQS_NT_PYTHON``, else ``.venv-nt``."""
+    return Path(os.environ.get("NNQS_NT_PYTHON", ROOT / ".venv-nt" / "bin" / "python"))
+
+
 def best_of(call: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Seconds of the fastest of ``repeats`` calls after one warm-up, and the last result."""
     result = jax.block_until_ready(call())
@@ -64,9 +69,12 @@ def best_of(call: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def run_neural_tangents(python: Path, repeats: int, out: Path) -> dict[str, Any]:
-    """Run ``nt_benchmark.py`` in the reference environment; its JSON plus its saved arrays."""
+    """Run ``nt_benchmark.py`` in the reference environment; its JSON plus its saved arrays.
+
+    ``RuntimeError`` when there is no such python or the script fails.
+    """
     if not python.is_file():
-        raise SystemExit(
+        raise RuntimeError(
             f"no neural-tangents python at {python}: run `make .venv-nt/.installed` "
             "or pass --nt-python"
         )
@@ -79,7 +87,7 @@ def run_neural_tangents(python: Path, repeats: int, out: Path) -> dict[str, Any]
         check=False,
     )
     if proc.returncode != 0:
-        raise SystemExit(f"nt_benchmark.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"nt_benchmark.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     with np.load(out / "nt_benchmark.npz") as npz:
         report["arrays"] = {key: npz[key] for key in npz.files}
@@ -94,6 +102,36 @@ def relative_differences(gram_matrix: Any, nt: dict[str, np.ndarray]) -> tuple[f
     entries = float(np.max(np.abs(ours - reference)) / np.max(np.abs(reference)))
     total = math.fsum(np.asarray(jnp.sum(gram_matrix, axis=1)))
     return entries, abs(total - float(nt["total"])) / abs(float(nt["total"]))
+
+
+def problem(
+    n_sites: int = N_SITES, n_columns: int = N_COLUMNS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x1`` (all spin configurations), ``x2`` (``n_columns`` of them) and their indices."""
+    x1 = SpinBasis(n_sites).inputs()
+    columns = np.sort(np.random.default_rng(ROW_SEED).choice(len(x1), n_columns, replace=False))
+    return x1, x1[columns], columns
+
+
+def time_ours(
+    x1: np.ndarray, x2: np.ndarray, repeats: int, width: int = WIDTH
+) -> tuple[float, float, jax.Array, bool]:
+    """Best seconds of ``gram`` fresh and into a reused buffer (NTK of ``Dense(width)-Relu-
+    Dense(1)``), the fresh result, and whether the buffered one is identical to it."""
+    net = mlp(1, width, "relu", SW, SB)
+
+    def ntk(k: Kernel) -> jax.Array:
+        return net.kernel(k).ntk
+
+    fresh_s, fresh = best_of(lambda: gram(ntk, x1, x2), repeats)
+    buffer = [jnp.zeros((len(x1), len(x2)))]
+
+    def into_buffer() -> jax.Array:
+        buffer[0] = gram(ntk, x1, x2, out=buffer[0])
+        return buffer[0]
+
+    buffer_s, filled = best_of(into_buffer, repeats)
+    return fresh_s, buffer_s, fresh, bool(jnp.array_equal(fresh, filled))
 
 
 def empirical_throughput(x1: np.ndarray, x2: np.ndarray, width: int) -> dict[str, float]:
@@ -125,35 +163,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--nt-python",
         type=Path,
-        default=Path(os.environ.get("NNQS_NT_PYTHON", ROOT / ".venv-nt" / "bin" / "python")),
+        default=default_nt_python(),
         help="python of the neural-tangents environment",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after a warm-up")
     parser.add_argument("--empirical-width", type=int, default=4096)
     args = parser.parse_args(argv)
 
-    x1 = SpinBasis(N_SITES).inputs()
-    columns = np.sort(np.random.default_rng(ROW_SEED).choice(len(x1), N_COLUMNS, replace=False))
-    x2 = x1[columns]
-    net = mlp(1, WIDTH, "relu", SW, SB)
-
-    def ntk(k: Kernel) -> jax.Array:
-        return net.kernel(k).ntk
-
+    x1, x2, columns = problem()
     entries = len(x1) * len(x2)
-    fresh_s, fresh = best_of(lambda: gram(ntk, x1, x2), args.repeats)
-    buffer = [jnp.zeros((len(x1), len(x2)))]
-
-    def into_buffer() -> jax.Array:
-        buffer[0] = gram(ntk, x1, x2, out=buffer[0])
-        return buffer[0]
-
-    buffer_s, filled = best_of(into_buffer, args.repeats)
-    same = bool(jnp.array_equal(fresh, filled))
-    del filled, buffer[0]
+    fresh_s, buffer_s, fresh, same = time_ours(x1, x2, args.repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
-        nt = run_neural_tangents(args.nt_python, args.repeats, Path(tmp))
+        try:
+            nt = run_neural_tangents(args.nt_python, args.repeats, Path(tmp))
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from None
     if not np.array_equal(nt["arrays"]["columns"], columns):
         raise SystemExit("nt_benchmark.py chose other columns: the two problems differ")
     entry_diff, sum_diff = relative_differences(fresh, nt["arrays"])

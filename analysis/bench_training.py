@@ -88,12 +88,15 @@ def wait_for_idle(timeout: float = 20.0, window: float = 0.3, busy: float = 0.05
             return
 
 
-def best_of(call: Callable[[], Any], repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` calls after one warm-up."""
+def best_of(call: Callable[[], Any], repeats: int, idle_timeout: float = 20.0) -> float:
+    """Seconds of the fastest of ``repeats`` calls after one warm-up.
+
+    Each call waits (at most ``idle_timeout`` s, 0: not at all) for an idle moment.
+    """
     jax.block_until_ready(call())
     seconds = []
     for _ in range(repeats):
-        wait_for_idle()
+        wait_for_idle(idle_timeout)
         start = time.perf_counter()
         jax.block_until_ready(call())
         seconds.append(time.perf_counter() - start)
@@ -113,6 +116,7 @@ def matmul_rate(repeats: int) -> float:
 
 
 def problem() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The TFIM 3x3 quench basis, its target and ``N_TRAIN`` random train indices."""
     target = build_target(TFIMQuench())
     x, phi = np.asarray(target.inputs), np.asarray(target.psi)
     rng = np.random.default_rng(DATA_SEED)
@@ -155,6 +159,8 @@ def baseline(
 def ours(
     nnqs: nw.NNQS, x: np.ndarray, phi: np.ndarray, train: np.ndarray, members: int
 ) -> Callable[..., training.EnsembleStats]:
+    """``run(steps, log_steps)``: ``train_ensemble`` of ``members`` members, float32."""
+
     def run(steps: int, log_steps: list[int] | None = None) -> training.EnsembleStats:
         return training.train_ensemble(
             nnqs,
@@ -234,9 +240,12 @@ def phases(
     return {"forward": program(forward), "gradient": program(gradient), "step": program(step)}
 
 
-def per_step(run: Callable[[int], Any], steps: int, repeats: int) -> float:
-    """``(t(steps) - t(1)) / (steps - 1)``, each the best of ``repeats``."""
-    return (best_of(lambda: run(steps), repeats) - best_of(lambda: run(1), repeats)) / (steps - 1)
+def per_step(
+    run: Callable[[int], Any], steps: int, repeats: int, idle_timeout: float = 20.0
+) -> float:
+    """``(t(steps) - t(1)) / (steps - 1)``, each the best of ``repeats`` (:func:`best_of`)."""
+    many = best_of(lambda: run(steps), repeats, idle_timeout)
+    return (many - best_of(lambda: run(1), repeats, idle_timeout)) / (steps - 1)
 
 
 def load() -> str:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
+from stores import assert_identical, run_nnqs
 
-from suite.store import MANIFEST, SweepStore
+from suite.store import SweepStore
 
 SPEC = """
 [sweep]
@@ -59,31 +59,6 @@ signal_delay_s = 15
 """
 
 
-def _nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout) if result.stdout.strip() else {}
-
-
-def _results(path: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(path, mode="r")
-    return {name: np.asarray(a[...]) for name, a in group.arrays() if name != MANIFEST}
-
-
-def _assert_identical(a: Path, b: Path) -> None:
-    first, second = _results(a), _results(b)
-    assert first.keys() == second.keys()
-    for name, values in first.items():
-        assert np.array_equal(values, second[name], equal_nan=values.dtype.kind in "fc"), name
-
-
 def _spec(tmp_path: Path, max_steps: int = 30, time_min: int = 5) -> Path:
     path = tmp_path / "spec.toml"
     path.write_text(SPEC.format(max_steps=max_steps, time_min=time_min))
@@ -94,7 +69,7 @@ def _spec(tmp_path: Path, max_steps: int = 30, time_min: int = 5) -> Path:
 def local_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("local")
     store = tmp / "local.zarr"
-    _nnqs("run", str(_spec(tmp)), "--store", str(store))
+    run_nnqs("run", str(_spec(tmp)), "--store", str(store))
     return store
 
 
@@ -104,7 +79,7 @@ def test_submitit_sweep_equals_local_run(
     slurm_cluster: Path, tmp_path: Path, local_reference: Path
 ) -> None:
     store = tmp_path / "slurm.zarr"
-    answer = _nnqs(
+    answer = run_nnqs(
         "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "slurm",
         "--tasks-per-job", "4",
     )  # fmt: skip
@@ -113,7 +88,7 @@ def test_submitit_sweep_equals_local_run(
     jobs = {r.info["slurm"]["job_id"] for r in SweepStore(store).records()}
     assert len(jobs) == 2  # two array elements, four tasks each
     assert list(Path(f"{store}.slurm").iterdir())  # per-task logs
-    _assert_identical(store, local_reference)
+    assert_identical(store, local_reference)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -137,7 +112,7 @@ def test_scancel_one_array_task_then_resubmit(
     slurm_cluster: Path, tmp_path: Path, local_reference: Path
 ) -> None:
     store = tmp_path / "cancelled.zarr"
-    answer = _nnqs(
+    answer = run_nnqs(
         "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "slurm",
         "--tasks-per-job", "2", "--no-wait",
     )  # fmt: skip
@@ -159,7 +134,7 @@ def test_scancel_one_array_task_then_resubmit(
     subprocess.run(["scancel", f"{array}_{victim['array_task_id']}"], check=True)
     _wait_for(lambda: not _queue(array).strip(), 300, "the array to leave the queue")
 
-    status = _nnqs("status", str(store))
+    status = run_nnqs("status", str(store))
     counts = status["tasks"]
     assert counts["running"] == 0
     # the element's second task never started (its first may have finished in KillWait)
@@ -168,14 +143,14 @@ def test_scancel_one_array_task_then_resubmit(
     assert records[victim["task"] + 1].state == "pending"
     before = {t: r.info for t, r in records.items() if r.state == "done"}
 
-    again = _nnqs("resubmit", str(store), "--executor", "slurm")
+    again = run_nnqs("resubmit", str(store), "--executor", "slurm")
     assert victim["task"] + 1 in again["resubmitted"]
     assert sorted(again["resubmitted"]) == sorted(set(range(8)) - set(before))
     assert again["tasks"]["done"] == 8
     after = {r.task: r.info for r in SweepStore(store).records()}
     for task, info in before.items():  # nothing done twice
         assert after[task] == info
-    _assert_identical(store, local_reference)
+    assert_identical(store, local_reference)
 
 
 CHECKPOINT_SPEC = """
@@ -209,7 +184,7 @@ def test_checkpointable_job_requeues_at_its_time_limit(slurm_cluster: Path, tmp_
     spec = tmp_path / "requeue.toml"
     spec.write_text(CHECKPOINT_SPEC)
     store = tmp_path / "requeued.zarr"
-    answer = _nnqs(
+    answer = run_nnqs(
         "run", str(spec), "--store", str(store), "--executor", "slurm",
         "--tasks-per-job", "8", timeout=580,
     )  # fmt: skip
@@ -226,11 +201,11 @@ def test_aggregation_on_a_slurm_dask_cluster(
     slurm_cluster: Path, tmp_path: Path, local_reference: Path
 ) -> None:
     store = tmp_path / "dask.zarr"
-    _nnqs("run", str(_spec(tmp_path)), "--store", str(store), "--no-aggregate")
+    run_nnqs("run", str(_spec(tmp_path)), "--store", str(store), "--no-aggregate")
     assert np.isnan(SweepStore(store).read("train_mean_of_losses")).all()
-    answer = _nnqs("aggregate", str(store), "--cluster", "slurm", "--workers", "1")
+    answer = run_nnqs("aggregate", str(store), "--cluster", "slurm", "--workers", "1")
     assert answer["aggregated"] and answer["cluster"] == "slurm"
-    _assert_identical(store, local_reference)
+    assert_identical(store, local_reference)
     logs = list(Path(f"{store}.dask").iterdir())
     assert logs  # the Dask worker ran as a SLURM job
 
@@ -243,14 +218,14 @@ def test_mpirun_two_ranks_share_the_sweep(
     store = tmp_path / "mpi.zarr"
     env = {**os.environ, **mpirun.env, "PATH": f"{Path(mpirun.path).parent}:{os.environ['PATH']}"}
     env.pop("SLURM_JOB_ID", None)
-    answer = _nnqs(
+    answer = run_nnqs(
         "run", str(_spec(tmp_path)), "--store", str(store), "--executor", "mpi", "--ranks", "2",
         env=env,
     )  # fmt: skip
     assert answer["tasks"]["done"] == 8 and answer["aggregated"]
     pids = {r.info["pid"] for r in SweepStore(store).records()}
     assert len(pids) == 2  # both ranks worked
-    _assert_identical(store, local_reference)
+    assert_identical(store, local_reference)
 
 
 @pytest.mark.slurm
@@ -272,4 +247,4 @@ def test_srun_pmix_two_ranks_share_the_sweep(
     assert answer["tasks"]["done"] == 8
     ranks = {r.info["slurm"]["procid"] for r in SweepStore(store).records()}
     assert ranks == {"0", "1"}
-    _assert_identical(store, local_reference)
+    assert_identical(store, local_reference)

@@ -16,7 +16,6 @@ Established here (jobs/sweep.py, jobs/studies.py, suite/store.py, analysis/aggre
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -31,7 +30,7 @@ import suite  # noqa: F401  (first: enables JAX float64)
 import numpy as np
 import pytest
 import xarray as xr
-import zarr
+from stores import assert_identical, run_nnqs
 
 from analysis.compare import relative_deviations
 from jobs import cli
@@ -40,7 +39,7 @@ from jobs.studies import dynamics_nnqs, entanglement_study, expand
 from jobs.sweep import execute_task, open_sweep, task_states
 from suite.entanglement import ensemble_entanglement
 from suite.kernels.gram import gram
-from suite.store import MANIFEST, SweepStore
+from suite.store import SweepStore
 from suite.training import combine, summarize, train_ensemble
 
 DYNAMICS = """
@@ -69,32 +68,6 @@ def _spec_file(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
-
-
-def _run(*argv: str) -> dict:
-    """``nnqs ARGV`` in a fresh process (as a user runs it); its JSON answer."""
-    result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    group = zarr.open_group(path, mode="r")
-    return {name: np.asarray(array[...]) for name, array in group.arrays() if name != MANIFEST}
-
-
-def _assert_identical(a: Path, b: Path) -> None:
-    first, second = _arrays(a), _arrays(b)
-    assert first.keys() == second.keys()
-    for name in first:
-        x, y = first[name], second[name]
-        assert x.dtype == y.dtype, name
-        if x.dtype.kind in "fc":
-            assert np.array_equal(x, y, equal_nan=True), name
-        else:
-            assert np.array_equal(x, y), name
 
 
 @pytest.fixture(scope="module")
@@ -212,13 +185,13 @@ def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {r.task: r for r in SweepStore(store_path).records()}
-    status = _run("status", str(store_path))
+    status = run_nnqs("status", str(store_path))
     counts = status["tasks"]
     assert counts["done"] >= 3 and counts["done"] < 8
     assert counts["running"] == 0  # the killed owner is detected
     assert counts["failed"] + counts["pending"] + counts["done"] == 8
 
-    resumed = _run("run", str(spec_path), "--store", str(store_path))
+    resumed = run_nnqs("run", str(spec_path), "--store", str(store_path))
     assert resumed["tasks"]["done"] == 8
     assert resumed["tasks_run"] == 8 - counts["done"]
     after = {r.task: r for r in SweepStore(store_path).records()}
@@ -227,7 +200,7 @@ def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
             assert after[task].info == record.info
         else:
             assert after[task].info["pid"] != process.pid
-    _assert_identical(store_path, reference)
+    assert_identical(store_path, reference)
 
 
 @pytest.mark.slow
@@ -245,12 +218,14 @@ def test_two_writers_on_disjoint_tasks_and_a_process_pool(tmp_path: Path, refere
     assert [w.wait(timeout=300) for w in writers] == [0, 0]
     assert task_states(SweepStore(store_path), verify=True).counts()["done"] == 8
     assert cli.main(["aggregate", str(store_path)]) == 0
-    _assert_identical(store_path, reference)
+    assert_identical(store_path, reference)
 
     pooled = tmp_path / "pooled.zarr"
-    answer = _run("run", str(tmp_path / "tiny.toml"), "--store", str(pooled), "--processes", "2")
+    answer = run_nnqs(
+        "run", str(tmp_path / "tiny.toml"), "--store", str(pooled), "--processes", "2"
+    )
     assert answer["tasks_run"] == 8
-    _assert_identical(pooled, reference)
+    assert_identical(pooled, reference)
 
 
 @pytest.mark.slow
@@ -266,16 +241,16 @@ def test_corrupted_chunk_is_detected_and_only_it_recomputed(
     assert chunk.is_file()
     chunk.write_bytes(os.urandom(chunk.stat().st_size))
 
-    status = _run("status", str(store_path), "--verify")
+    status = run_nnqs("status", str(store_path), "--verify")
     assert status["tasks"]["corrupt"] == 1 and status["tasks"]["done"] == 7
     assert list(status["problems"]) == ["5"]
-    assert _run("status", str(store_path))["tasks"]["done"] == 8  # no verify: not looked at
+    assert run_nnqs("status", str(store_path))["tasks"]["done"] == 8  # no verify: not looked at
 
-    answer = _run("resubmit", str(store_path))
+    answer = run_nnqs("resubmit", str(store_path))
     assert answer["resubmitted"] == [5] and answer["tasks"]["done"] == 8
     after = {r.task: r.info for r in SweepStore(store_path).records()}
     assert [t for t in after if after[t] != before[t]] == [5]
-    _assert_identical(store_path, reference)
+    assert_identical(store_path, reference)
 
 
 def test_failed_task_is_recorded_with_its_error(tmp_path: Path) -> None:

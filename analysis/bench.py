@@ -1,0 +1,859 @@
+"""``nnqs bench``: the performance suite that scores a machine, and its regression check.
+
+The benchmarks are declared in :data:`CASES` (a name, what it measures, its metrics with
+unit and direction, and the parameters of a ``quick`` size for tests and a ``full`` size
+for real runs); each runs one of the ``measure_*`` functions here, which reuse the
+timing code of ``analysis/bench_kernels.py``, ``bench_training.py`` and
+``bench_entanglement.py``:
+
+* ``kernel_gram``: entries/s of the infinite-width NTK Gram matrix (ours, fresh and into
+  a reused buffer), and of neural-tangents' ``jit(kernel_fn)`` when its environment
+  (``.venv-nt``) exists;
+* ``training``: member-steps/s and GFLOP/s of :func:`suite.training.train_ensemble`;
+* ``renyi2_chunked``: entries/s of the route (b) Renyi-2 traces (:mod:`suite.replica`);
+* ``zarr_io``: write and read bandwidth of a chunked float64 Zarr array;
+* ``device_scaling``: training throughput with 1, 2, 4 devices (fake CPU devices, or the
+  real GPUs) and the speed-up;
+* ``process_scaling``: tasks/s of a small dynamics sweep with 1 and 2 local processes.
+
+A run gives a *record* (JSON): ``schema``, ``size``, ``system`` (host, CPU model, cores,
+memory, accelerators, package versions and git commit, SLURM job), ``cases`` (the
+parameters, seconds and metric declarations of each case run), ``results``
+(``{case: {metric: value}}``), ``notes``, ``errors`` (a case that raised, as one line),
+``load_average`` and ``seconds``. :func:`compare` scores it ReFrame-style against the
+references of its system (``analysis/references/<system>.json``: per ``case.metric`` a
+value, a tolerance ``[lower, upper]`` as fractions of it, ``null`` for unbounded, and a
+unit) and against the most recent earlier record of the same system and size (in
+``runs/bench/``): per metric ``ok``, ``regression``, ``improvement`` or ``no-reference``.
+
+    nnqs bench                          # all cases, full size: runs/bench/<system>-<n>.json
+    nnqs bench --quick --cases zarr_io training
+    nnqs bench --executor slurm --profile local   # as one SLURM job (submitit)
+
+``python -m analysis.bench PARAMS_JSON`` is the device-scaling worker (one training
+measurement on all visible devices, printed as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jobs.progress import ProgressBar
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = ROOT / "analysis" / "references"
+RECORDS_DIR = Path("runs") / "bench"
+SCHEMA = 1
+SIZES = ("quick", "full")
+#: tolerance of a comparison with an earlier record, or with a reference saved by
+#: ``--save-reference``: a drop to half is a regression, no rise is flagged
+DEFAULT_TOLERANCE: tuple[float | None, float | None] = (-0.5, None)
+_SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+Measured = tuple[dict[str, float], list[str]]
+"""What a ``measure_*`` function returns: metric values and notes (one line each)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure of a case: its unit and which way is better."""
+
+    unit: str
+    better: Literal["higher", "lower"] = "higher"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A declared benchmark: what it measures, its metrics and its two sizes.
+
+    ``metrics`` lists every metric the case can report (a run may report fewer, e.g. no
+    neural-tangents figures without its environment); ``quick`` and ``full`` are the
+    keyword parameters of ``run``.
+    """
+
+    name: str
+    measures: str
+    metrics: Mapping[str, Metric]
+    quick: Mapping[str, Any]
+    full: Mapping[str, Any]
+    run: Callable[[Mapping[str, Any]], Measured] = field(repr=False)
+
+
+# -- measurements ------------------------------------------------------------------
+
+
+def measure_kernel_gram(params: Mapping[str, Any]) -> Measured:
+    """Entries/s of ``gram`` (NTK of ``Dense(512)-Relu-Dense(1)``, float64) between all
+    ``2**n_sites`` spin configurations and ``n_columns`` of them, a fresh result and into
+    a reused buffer, each the best of ``repeats`` after a warm-up
+    (:func:`analysis.bench_kernels.time_ours`); with ``neural_tangents`` and its python
+    present, neural-tangents' ``jit(kernel_fn)`` on the same problem and our buffered
+    route's speed-up over it (:func:`analysis.bench_kernels.run_neural_tangents`)."""
+    import numpy as np
+
+    from analysis import bench_kernels as bk
+
+    x1, x2, columns = bk.problem(params["n_sites"], params["n_columns"])
+    fresh_s, buffer_s, fresh, same = bk.time_ours(x1, x2, params["repeats"])
+    del fresh
+    if not same:
+        raise ValueError("gram into a buffer differs from a fresh gram")
+    entries = len(x1) * len(x2)
+    values = {"entries_per_s": entries / fresh_s, "entries_per_s_into_buffer": entries / buffer_s}
+    notes: list[str] = []
+    python = bk.default_nt_python()
+    if not params["neural_tangents"]:
+        notes.append("neural-tangents not run at this size (its script has a fixed problem)")
+    elif not python.is_file():
+        notes.append(f"neural-tangents not run: no {python} (make .venv-nt/.installed)")
+    else:
+        if (params["n_sites"], params["n_columns"]) != (bk.N_SITES, bk.N_COLUMNS):
+            raise ValueError(
+                f"neural-tangents runs only {bk.N_SITES} sites x {bk.N_COLUMNS} columns"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            nt = bk.run_neural_tangents(python, params["repeats"], Path(tmp))
+        if not np.array_equal(nt["arrays"]["columns"], columns):
+            raise ValueError("nt_benchmark.py chose other columns: the two problems differ")
+        values["nt_entries_per_s"] = entries / nt["seconds"]
+        values["speedup_vs_nt"] = nt["seconds"] / buffer_s
+        notes.append(f"neural-tangents with jax {nt['jax']}")
+    return values, notes
+
+
+def measure_training(params: Mapping[str, Any]) -> Measured:
+    """Member-steps/s and GFLOP/s of :func:`suite.training.train_ensemble` (decoupled
+    one-hidden-layer ReLU NNQS of ``width``, ``members`` members, TFIM 3x3, B = 256,
+    float32, all visible devices): ``(t(steps) - t(1)) / (steps - 1)`` of whole calls,
+    each the best of ``repeats`` (:func:`analysis.bench_training.per_step`), FLOPs by
+    :func:`analysis.bench_training.flops_per_member_step`."""
+    import jax
+
+    from analysis import bench_training as bt
+    from suite import networks as nw
+
+    x, phi, train = bt.problem()
+    nnqs = nw.decoupled(nw.mlp(1, params["width"]))
+    run = bt.ours(nnqs, x, phi, train, params["members"])
+    seconds = bt.per_step(run, params["steps"], params["repeats"], params["idle_timeout"])
+    if seconds <= 0:
+        raise ValueError(f"per-step time {seconds:.3g} s <= 0: raise the training steps")
+    rate = params["members"] / seconds
+    flops = bt.flops_per_member_step(bt.N_TRAIN, params["width"], x.shape[1])
+    devices = jax.devices()
+    notes = [f"{len(devices)} {devices[0].platform} device(s)"]
+    return {"member_steps_per_s": rate, "gflop_per_s": rate * flops / 1e9}, notes
+
+
+def measure_renyi2_chunked(params: Mapping[str, Any]) -> Measured:
+    """Entries/s of route (b) of :mod:`suite.replica` (:func:`~suite.replica.chunked_traces`
+    of the ReLU NNGP on ``n_sites`` spins: the ``4**n_sites``-entry Gram matrix written to
+    a Zarr store in ``block``-row tiles with Dask, then the traces of every cut), one run
+    in a temporary directory (:func:`analysis.bench_entanglement.chunked_child`); the
+    traces must match the closed form (route (c)) to ``1e-8``."""
+    from analysis.bench_entanglement import chunked_child
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = chunked_child(params["n_sites"], params["block"], Path(tmp) / "gram", None)
+    if not run["max_relative_deviation"] <= 1e-8:
+        raise ValueError(
+            f"route (b) deviates from the closed form by {run['max_relative_deviation']:.1e}"
+        )
+    return {"entries_per_s": run["gram_entries"] / run["seconds"]}, []
+
+
+def measure_zarr_io(params: Mapping[str, Any]) -> Measured:
+    """Write and read bandwidth (MB/s, 1e6 bytes of float64 values) of a Zarr v3 array of
+    ``shape`` in ``chunks`` with the suite's store settings (zarr's default codecs) in a
+    temporary directory (``$TMPDIR``): random values written whole, then read whole, each
+    the best of ``repeats``. Reads may come from the page cache (it is not dropped)."""
+    import numpy as np
+    import zarr
+
+    values = np.random.default_rng(0).standard_normal(params["shape"])
+    write, read = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        array = zarr.create_array(
+            Path(tmp) / "bench.zarr", shape=values.shape, chunks=params["chunks"], dtype="f8"
+        )
+        for _ in range(params["repeats"]):
+            start = time.perf_counter()
+            array[...] = values
+            write.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            back = array[...]
+            read.append(time.perf_counter() - start)
+        if not np.array_equal(back, values):
+            raise ValueError("zarr read back other values than it wrote")
+    megabytes = values.nbytes / 1e6
+    return {"write_mb_per_s": megabytes / min(write), "read_mb_per_s": megabytes / min(read)}, []
+
+
+def _device_env(count: int, platform_name: str) -> dict[str, str]:
+    """The environment of a worker that sees ``count`` devices: fake CPU devices
+    (``--xla_force_host_platform_device_count``), or the first ``count`` GPUs."""
+    env = dict(os.environ)
+    if platform_name == "cpu":
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    else:
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(count)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:count])
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # this process holds memory too
+    return env
+
+
+def measure_device_scaling(params: Mapping[str, Any]) -> Measured:
+    """Training throughput (:func:`measure_training`) in a fresh worker process per device
+    count in ``devices`` (fake CPU devices sharing this machine's cores, or on a GPU
+    machine the real GPUs, counts above the number present skipped), and the speed-up of
+    each count over one device."""
+    import jax
+
+    devices = jax.devices()
+    counts = [n for n in params["devices"] if devices[0].platform == "cpu" or n <= len(devices)]
+    worker = {k: v for k, v in params.items() if k != "devices"}
+    values: dict[str, float] = {}
+    for count in counts:
+        proc = subprocess.run(
+            [sys.executable, "-m", "analysis.bench", json.dumps(worker)],
+            capture_output=True,
+            text=True,
+            env=_device_env(count, devices[0].platform),
+            cwd=ROOT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise ValueError(f"the {count}-device worker failed: {tail[0]}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        if report["devices"] != count:
+            raise ValueError(f"the {count}-device worker saw {report['devices']} devices")
+        values[f"member_steps_per_s_{count}"] = report["member_steps_per_s"]
+        if count > 1 and "member_steps_per_s_1" in values:
+            values[f"speedup_{count}"] = (
+                report["member_steps_per_s"] / values["member_steps_per_s_1"]
+            )
+    kind = "fake CPU" if devices[0].platform == "cpu" else devices[0].device_kind
+    return values, [f"{kind} devices {counts}, {os.cpu_count()} cores"]
+
+
+PROCESS_SPEC = """\
+[sweep]
+name = "bench-process-scaling"
+study = "dynamics"
+seed = 0
+dtype = "float32"
+
+[target]
+model = "tfim"
+lx = {lx}
+ly = {ly}
+
+[network]
+kind = "decoupled"
+activation = "relu"
+depth = 1
+
+[grid]
+widths = [{width}]
+train_sizes = [{train_size}]
+lr_factors = [0.5]
+
+[ensemble]
+members = {members}
+shard_size = {shard_size}
+
+[training]
+log_points = 4
+max_steps = {max_steps}
+"""
+
+
+def measure_process_scaling(params: Mapping[str, Any]) -> Measured:
+    """Tasks/s of ``nnqs run`` of a small dynamics sweep (:data:`PROCESS_SPEC` with
+    ``params``) with the local executor at each of ``processes`` (a fresh store each
+    time, in a temporary directory): tasks over the executor's seconds
+    (:func:`jobs.executors.run_local`, as ``nnqs run --processes N`` runs it; worker
+    start-up and compilation included, store preparation not), and the speed-up of
+    each count over one process."""
+    from jobs import executors
+    from jobs.spec import load_spec
+    from jobs.sweep import open_sweep, task_states
+
+    values: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "bench-process-scaling.toml"
+        spec_path.write_text(PROCESS_SPEC.format(**params["spec"]))
+        spec = load_spec(spec_path)
+        for count in params["processes"]:
+            path = Path(tmp) / f"p{count}.zarr"
+            todo = task_states(open_sweep(spec, path)).todo()
+            report = executors.run_local(path, todo, count, progress=False)
+            if report.failed:
+                task, error = next(iter(report.failed.items()))
+                raise ValueError(f"process scaling: task {task} failed: {error}")
+            values[f"tasks_per_s_{count}"] = len(report.done) / report.seconds
+            if count > 1 and "tasks_per_s_1" in values:
+                values[f"speedup_{count}"] = (
+                    values[f"tasks_per_s_{count}"] / values["tasks_per_s_1"]
+                )
+    return values, [f"{len(todo)} tasks, {os.cpu_count()} cores"]
+
+
+# -- the registry ------------------------------------------------------------------
+
+_TRAINING_FULL = {"width": 1024, "members": 256, "steps": 6, "repeats": 3, "idle_timeout": 2.0}
+_TRAINING_QUICK = {"width": 128, "members": 32, "steps": 100, "repeats": 1, "idle_timeout": 0.0}
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        Case(
+            name="kernel_gram",
+            measures="infinite-width NTK Gram entries/s: ours, and neural-tangents'",
+            metrics={
+                "entries_per_s": Metric("entries/s"),
+                "entries_per_s_into_buffer": Metric("entries/s"),
+                "nt_entries_per_s": Metric("entries/s"),
+                "speedup_vs_nt": Metric("x"),
+            },
+            quick={"n_sites": 12, "n_columns": 256, "repeats": 1, "neural_tangents": False},
+            full={"n_sites": 16, "n_columns": 1024, "repeats": 3, "neural_tangents": True},
+            run=measure_kernel_gram,
+        ),
+        Case(
+            name="training",
+            measures="ensemble gradient-descent member-steps/s and GFLOP/s (train_ensemble)",
+            metrics={
+                "member_steps_per_s": Metric("member-steps/s"),
+                "gflop_per_s": Metric("GFLOP/s"),
+            },
+            quick=_TRAINING_QUICK,
+            full=_TRAINING_FULL,
+            run=measure_training,
+        ),
+        Case(
+            name="renyi2_chunked",
+            measures="route (b) GP Renyi-2: chunked Gram to Zarr and traces, entries/s",
+            metrics={"entries_per_s": Metric("entries/s")},
+            quick={"n_sites": 10, "block": 256},
+            full={"n_sites": 14, "block": 1024},
+            run=measure_renyi2_chunked,
+        ),
+        Case(
+            name="zarr_io",
+            measures="Zarr v3 write and read bandwidth of a chunked float64 array",
+            metrics={"write_mb_per_s": Metric("MB/s"), "read_mb_per_s": Metric("MB/s")},
+            quick={"shape": [1024, 1024], "chunks": [256, 256], "repeats": 1},
+            full={"shape": [8192, 8192], "chunks": [1024, 1024], "repeats": 3},
+            run=measure_zarr_io,
+        ),
+        Case(
+            name="device_scaling",
+            measures="training throughput against device count, and speed-up",
+            metrics={
+                **{f"member_steps_per_s_{n}": Metric("member-steps/s") for n in (1, 2, 4, 8)},
+                **{f"speedup_{n}": Metric("x") for n in (2, 4, 8)},
+            },
+            quick={"devices": [1, 2], **_TRAINING_QUICK},
+            full={"devices": [1, 2, 4], **_TRAINING_FULL},
+            run=measure_device_scaling,
+        ),
+        Case(
+            name="process_scaling",
+            measures="nnqs run tasks/s with 1 and 2 local processes, and speed-up",
+            metrics={
+                "tasks_per_s_1": Metric("tasks/s"),
+                "tasks_per_s_2": Metric("tasks/s"),
+                "speedup_2": Metric("x"),
+            },
+            quick={
+                "processes": [1, 2],
+                "spec": {
+                    "lx": 2,
+                    "ly": 2,
+                    "width": 32,
+                    "train_size": 8,
+                    "members": 4,
+                    "shard_size": 2,
+                    "max_steps": 20,
+                },
+            },
+            full={
+                "processes": [1, 2],
+                "spec": {
+                    "lx": 3,
+                    "ly": 3,
+                    "width": 512,
+                    "train_size": 64,
+                    "members": 128,
+                    "shard_size": 16,
+                    "max_steps": 300,
+                },
+            },
+            run=measure_process_scaling,
+        ),
+    )
+}
+
+
+# -- the record --------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (``model name``), else what ``platform`` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)|@.*|\b(cpu|processor)\b", " ", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def default_system_name(cpu: str, cores: int, devices: Mapping[str, Any]) -> str:
+    """``<cpu model>-<cores>core``, slugified, plus ``-<gpu model>x<count>`` with GPUs."""
+    name = f"{_slug(cpu)}-{cores}core"
+    if devices["platform"] != "cpu":
+        name += f"-{_slug(devices['kind'])}x{devices['count']}"
+    return name
+
+
+def system_info(name: str | None = None) -> dict[str, Any]:
+    """This machine: ``name`` (default :func:`default_system_name`), CPU model, cores (of
+    the machine, and usable by this process), memory, JAX devices, and the provenance of
+    :func:`suite.store.provenance` (git commit, package versions, python, host, pid and,
+    under SLURM, the job, array and step ids)."""
+    import jax
+
+    from suite.store import provenance
+
+    cpu, cores = cpu_model(), os.cpu_count() or 1
+    found = jax.devices()
+    devices = {"platform": found[0].platform, "kind": found[0].device_kind, "count": len(found)}
+    return {
+        "name": name or default_system_name(cpu, cores, devices),
+        "cpu_model": cpu,
+        "cpu_count": cores,
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores,
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+        "devices": devices,
+        **provenance(),
+    }
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def run_bench(
+    names: Sequence[str], size: str, system: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run the cases ``names`` at ``size`` (``"quick"`` or ``"full"``) here: the record.
+
+    A case that raises is recorded in ``errors`` (one line) and the others still run;
+    values are rounded to 4 significant digits. Progress goes to stderr.
+    """
+    clock, load_start = time.perf_counter(), os.getloadavg()
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "size": size,
+        "system": system_info(system),
+        "cases": {},
+        "results": {},
+        "notes": {},
+        "errors": {},
+    }
+    bar = ProgressBar(len(names), "bench", enabled=progress)
+    for name in names:
+        case = CASES[name]
+        params = dict(case.quick if size == "quick" else case.full)
+        bar.advance(0, f"{name} ...")
+        start = time.perf_counter()
+        try:
+            values, notes = case.run(params)
+        except Exception as error:  # recorded; the other cases still run
+            record["errors"][name] = f"{type(error).__name__}: {_first_line(error)}"
+            values, notes = {}, []
+        seconds = time.perf_counter() - start
+        record["cases"][name] = {
+            "measures": case.measures,
+            "parameters": params,
+            "seconds": round(seconds, 2),
+            "metrics": {m: vars(case.metrics[m]) for m in values},
+        }
+        if values:
+            record["results"][name] = {m: float(f"{v:.4g}") for m, v in values.items()}
+        if notes:
+            record["notes"][name] = notes
+        bar.advance(
+            note=f"{name} {seconds:.1f} s" + (" FAILED" if name in record["errors"] else "")
+        )
+    bar.close()
+    record["load_average"] = {"start": load_start, "end": os.getloadavg()}
+    record["seconds"] = round(time.perf_counter() - clock, 2)
+    return record
+
+
+def next_record_path(records: Path, system: str) -> Path:
+    """``<records>/<system>-<n>.json`` with ``n`` the next free integer (from 1)."""
+    pattern = re.compile(rf"{re.escape(system)}-(\d+)\.json")
+    taken = [int(m.group(1)) for p in records.glob("*.json") if (m := pattern.fullmatch(p.name))]
+    return records / f"{system}-{max(taken, default=0) + 1}.json"
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` to ``path`` whole (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    partial.replace(path)
+
+
+def previous_record(
+    records: Path, record: Mapping[str, Any], exclude: Path | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """The most recent record in ``records`` made before ``record`` on the same system
+    (name) at the same size, and its path; files that are not records are passed over."""
+    found: tuple[float, Path, dict[str, Any]] | None = None
+    created = record["system"]["created_unix"]
+    for path in sorted(records.glob("*.json")):
+        if exclude is not None and path.resolve() == exclude.resolve():
+            continue
+        try:
+            other = json.loads(path.read_text())
+            same = (other["schema"], other["system"]["name"], other["size"]) == (
+                SCHEMA,
+                record["system"]["name"],
+                record["size"],
+            )
+            when = float(other["system"]["created_unix"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if same and when < created and (found is None or when > found[0]):
+            found = (when, path, other)
+    return None if found is None else (found[1], found[2])
+
+
+# -- references and comparison -----------------------------------------------------
+
+
+def _tolerance(value: Any, where: str) -> tuple[float | None, float | None]:
+    bounds = value if isinstance(value, list) and len(value) == 2 else None
+    ok = bounds is not None and all(
+        b is None or (isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b))
+        for b in bounds
+    )
+    if (
+        not ok
+        or (bounds[0] is not None and bounds[0] > 0)
+        or (bounds[1] is not None and bounds[1] < 0)
+    ):
+        raise ValueError(
+            f"{where}.tolerance must be [lower <= 0 or null, upper >= 0 or null] "
+            f"(fractions of the value), got {value!r}"
+        )
+    return bounds[0], bounds[1]
+
+
+def load_reference(path: Path) -> dict[str, Any]:
+    """Read and check a reference file: ``system``, ``size``, ``measured`` (how and when)
+    and ``references``: ``{"case.metric": {"value": v > 0, "tolerance": [lower, upper],
+    "unit": u}}`` for declared metrics with their declared unit. ``ValueError`` (one line,
+    naming the file and the key) otherwise."""
+    where = f"reference {path}"
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON: {error}") from None
+    if not isinstance(data, dict) or data.get("size") not in SIZES:
+        raise ValueError(f"{where}: size must be one of {', '.join(SIZES)}")
+    if not isinstance(data.get("references"), dict):
+        raise ValueError(f"{where}: references must be an object of case.metric entries")
+    for key, entry in data["references"].items():
+        case, _, metric = key.partition(".")
+        if case not in CASES or metric not in CASES[case].metrics:
+            raise ValueError(f"{where}: unknown metric {key!r} (cases: {', '.join(CASES)})")
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: references.{key} must be an object")
+        value, unit = entry.get("value"), CASES[case].metrics[metric].unit
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{where}: references.{key}.value must be a number > 0, got {value!r}")
+        if entry.get("unit") != unit:
+            raise ValueError(f"{where}: references.{key}.unit must be {unit!r}")
+        _tolerance(entry.get("tolerance"), f"{where}: references.{key}")
+    return data
+
+
+def reference_from_record(record: Mapping[str, Any], measured: Mapping[str, Any]) -> dict[str, Any]:
+    """A reference file holding every value of ``record`` with :data:`DEFAULT_TOLERANCE`."""
+    return {
+        "system": record["system"]["name"],
+        "size": record["size"],
+        "measured": dict(measured),
+        "references": {
+            f"{case}.{metric}": {
+                "value": value,
+                "tolerance": list(DEFAULT_TOLERANCE),
+                "unit": record["cases"][case]["metrics"][metric]["unit"],
+            }
+            for case, values in record["results"].items()
+            for metric, value in values.items()
+        },
+    }
+
+
+def judge(
+    value: float,
+    baseline: float,
+    tolerance: tuple[float | None, float | None],
+    better: str,
+) -> dict[str, Any]:
+    """ReFrame's check: ``value`` within ``baseline x [1 + lower, 1 + upper]`` is ``ok``;
+    outside on the worse side (below for ``better == "higher"``) a ``regression``, on the
+    better side an ``improvement``."""
+    ratio = value / baseline
+    lower, upper = tolerance
+    below = lower is not None and ratio < 1 + lower
+    above = upper is not None and ratio > 1 + upper
+    worse, finer = (below, above) if better == "higher" else (above, below)
+    status = "regression" if worse else "improvement" if finer else "ok"
+    return {
+        "value": baseline,
+        "ratio": round(ratio, 4),
+        "tolerance": [lower, upper],
+        "status": status,
+    }
+
+
+def compare(
+    record: Mapping[str, Any],
+    reference: Mapping[str, Any] | None = None,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score every metric of ``record`` against ``reference`` (a :func:`load_reference`
+    file of the same size) and against ``previous`` (an earlier record; the tolerance of
+    the metric's reference, else :data:`DEFAULT_TOLERANCE`).
+
+    Returns ``metrics``: per ``case.metric`` its ``value``, ``unit``, ``better`` and, under
+    ``reference`` and ``previous``, the baseline ``value``, ``ratio``, ``tolerance`` and
+    ``status`` (``ok``, ``regression``, ``improvement``; ``no-reference`` without a
+    baseline); and the ``regressions`` and ``improvements`` as lists.
+    """
+    if reference is not None and reference["size"] != record["size"]:
+        raise ValueError(
+            f"the reference holds {reference['size']} figures, the record is {record['size']}"
+        )
+    references = reference["references"] if reference is not None else {}
+    result: dict[str, Any] = {"metrics": {}, "regressions": [], "improvements": []}
+    for case, values in record["results"].items():
+        declared = record["cases"][case]["metrics"]
+        for metric, value in values.items():
+            key, better = f"{case}.{metric}", declared[metric]["better"]
+            entry: dict[str, Any] = {"value": value, "unit": declared[metric]["unit"]}
+            entry["better"] = better
+            ref = references.get(key)
+            tolerance = tuple(ref["tolerance"]) if ref else DEFAULT_TOLERANCE
+            old = (previous or {}).get("results", {}).get(case, {}).get(metric)
+            baselines = {"reference": ref["value"] if ref else None, "previous": old}
+            for against, baseline in baselines.items():
+                if baseline is None or not baseline > 0:
+                    entry[against] = {"status": "no-reference"}
+                    continue
+                entry[against] = judge(value, baseline, tolerance, better)
+                status = entry[against]["status"]
+                if status != "ok":
+                    result["regressions" if status == "regression" else "improvements"].append(
+                        {"metric": key, "against": against, "value": value, "baseline": baseline}
+                        | {"ratio": entry[against]["ratio"]}
+                    )
+            result["metrics"][key] = entry
+    return result
+
+
+# -- SLURM ---------------------------------------------------------------------------
+
+#: seconds between polls of a submitted job's state
+POLL_S = 2.0
+
+
+def submit_slurm(
+    names: Sequence[str], size: str, system: str | None, profile: str, folder: Path
+) -> dict[str, Any]:
+    """Run :func:`run_bench` as one SLURM job (submitit, the cluster ``profile`` of
+    ``slurm/profiles``), logs in ``folder/<job id>/``; wait for it and return its record
+    (made on the compute node: its system, its SLURM job ids)."""
+    import submitit
+
+    from jobs.profiles import load_profile, submitit_parameters
+
+    cluster = load_profile(profile)
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor.update_parameters(name="nnqs-bench", **submitit_parameters(cluster))
+    job = executor.submit(run_bench, list(names), size, system)
+    bar = ProgressBar(1, f"bench: SLURM job {job.job_id}")
+    state = ""
+    while not job.done():
+        if job.state != state:
+            state = job.state
+            bar.advance(0, state.lower())
+        time.sleep(POLL_S)
+    try:
+        record = job.result()
+    except Exception as error:  # submitit's FailedJobError / UncompletedJobError
+        raise ValueError(
+            f"SLURM job {job.job_id} failed: {_first_line(error)} (log: {job.paths.stderr})"
+        ) from None
+    bar.advance(note="done")
+    bar.close()
+    return record
+
+
+# -- command line ------------------------------------------------------------------
+
+
+def _check_cases(cases: Sequence[str] | None) -> list[str]:
+    names = list(dict.fromkeys(cases or CASES))
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        raise ValueError(f"--cases: unknown case {unknown[0]!r} (cases: {', '.join(CASES)})")
+    return names
+
+
+def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """``nnqs bench``: run, write the record, compare; the summary (stdout JSON)."""
+    names = _check_cases(args.cases)
+    size = "quick" if args.quick else "full"
+    if args.system is not None and not _SYSTEM_NAME.match(args.system):
+        raise ValueError(f"--system: {args.system!r} must be lower-case letters, digits, . _ -")
+    reference_path = Path(args.reference) if args.reference else None
+    reference = None
+    if reference_path is not None:
+        if not reference_path.is_file():
+            raise ValueError(f"--reference: no file {reference_path}")
+        reference = load_reference(reference_path)
+        if reference["size"] != size:
+            raise ValueError(
+                f"--reference: {reference_path} holds {reference['size']} figures, "
+                f"this is a {size} run"
+            )
+    records = Path(args.records)
+    if args.executor == "slurm":
+        record = submit_slurm(names, size, args.system, args.profile, records / "slurm")
+    else:
+        record = run_bench(names, size, args.system)
+    system = record["system"]["name"]
+    note = None
+    if reference_path is None and (REFERENCE_DIR / f"{system}.json").is_file():
+        candidate = load_reference(REFERENCE_DIR / f"{system}.json")
+        if candidate["size"] == size:
+            reference_path, reference = REFERENCE_DIR / f"{system}.json", candidate
+        else:
+            note = f"{REFERENCE_DIR / system}.json holds {candidate['size']} figures only"
+    out = Path(args.out) if args.out else next_record_path(records, system)
+    previous = previous_record(records, record, exclude=out)
+    write_json(out, record)
+    comparison = compare(record, reference, previous[1] if previous else None)
+    summary: dict[str, Any] = {
+        "record": str(out),
+        "system": system,
+        "size": size,
+        "executor": args.executor,
+        "slurm": record["system"].get("slurm"),
+        "seconds": record["seconds"],
+        "results": record["results"],
+        "errors": record["errors"],
+        "reference": str(reference_path) if reference is not None else None,
+        **({"reference_note": note} if note else {}),
+        "previous": str(previous[0]) if previous else None,
+        "regressions": comparison["regressions"],
+        "improvements": comparison["improvements"],
+        "comparison": comparison["metrics"],
+    }
+    if args.save_reference:
+        measured = {
+            "command": " ".join(["nnqs", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime(record["system"]["created_unix"])),
+            "record": str(out),
+            "git_commit": record["system"]["git_commit"],
+            "load_average": record["load_average"],
+        }
+        write_json(Path(args.save_reference), reference_from_record(record, measured))
+        summary["reference_saved"] = args.save_reference
+    if args.fail_on_regression and (comparison["regressions"] or record["errors"]):
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        raise SystemExit(1)
+    return summary
+
+
+def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
+    """Register ``bench`` on the ``nnqs`` subcommands (``parser.add_subparsers()``)."""
+    bench = commands.add_parser(
+        "bench",
+        help="performance suite: a JSON record, compared with references and earlier records",
+    )
+    bench.add_argument("--quick", action="store_true", help="the small sizes (tests)")
+    bench.add_argument(
+        "--cases", nargs="+", metavar="NAME", help=f"cases to run (default all: {', '.join(CASES)})"
+    )
+    bench.add_argument("--out", help="record path (default <records>/<system>-<n>.json)")
+    bench.add_argument("--system", help="system name (default: from the CPU model, cores and GPUs)")
+    bench.add_argument(
+        "--reference", help="reference file (default analysis/references/<system>.json)"
+    )
+    bench.add_argument(
+        "--records", default=str(RECORDS_DIR), help="records directory (default runs/bench)"
+    )
+    bench.add_argument("--executor", choices=("local", "slurm"), default="local")
+    bench.add_argument("--profile", default="local", help="slurm: cluster profile name or path")
+    bench.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit with status 1 on a regression or a failed case",
+    )
+    bench.add_argument(
+        "--save-reference",
+        metavar="PATH",
+        help="also write this run's figures as a reference file (tolerance -50%%, no upper)",
+    )
+    bench.set_defaults(run=_cmd_bench)
+    return bench
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The device-scaling worker: :func:`measure_training` on all visible devices."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("params", help="measure_training's parameters, as JSON")
+    args = parser.parse_args(argv)
+    import jax
+
+    values, _ = measure_training(json.loads(args.params))
+    print(json.dumps({**values, "devices": len(jax.devices())}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Helpers shared by the store tests: run ``nnqs`` as a user does, compare stores bytewise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from suite.store import MANIFEST
+
+
+def run_nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> Any:
+    """``nnqs ARGV`` in a fresh process; its JSON answer (``{}`` when it printed none)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout) if result.stdout.strip() else {}
+
+
+def results(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a store but the manifest (whose records name hosts and pids)."""
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(a[...]) for name, a in group.arrays() if name != MANIFEST}
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    """The two stores hold the same arrays, bit for bit (NaN equal to NaN)."""
+    first, second = results(a), results(b)
+    assert first.keys() == second.keys()
+    for name, values in first.items():
+        assert values.dtype == second[name].dtype, name
+        assert np.array_equal(values, second[name], equal_nan=values.dtype.kind in "fc"), name
