@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 unit: setup
-	$(VENV)/bin/python -m pytest -m "not parity"
+	$(VENV)/bin/python -m pytest -m "not parity" --durations=15
 
 # The README's test command: lint, unit tests, then parity with neural-tangents.
 test: lint unit parity

@@ -476,7 +476,12 @@ def test_a_store_of_another_sweep_is_left_untouched(
     assert out == ""
     assert_one_error_line(err, "holds another sweep", str(store))
     assert tree_digest(store) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.toml", "s.zarr", "tiny.toml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "other.toml",
+        "s.zarr",
+        "s.zarr.report",  # the first run's report
+        "tiny.toml",
+    ]
 
     # the same sweep under another executor is the same store: reopened, nothing to do
     status, out, _ = run_cli(
