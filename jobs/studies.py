@@ -315,7 +315,10 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
         for t, problem in enumerate(problems)
         for b, block in enumerate(BLOCKS)
     ]
-    return Layout(coords + finite + prepared + aggregated, initial, {}, grams)
+    full_arrays, full_grams = _full_grams(spec, inputs)
+    return Layout(
+        coords + finite + prepared + aggregated + full_arrays, initial, {}, grams + full_grams
+    )
 
 
 #: the dynamics aggregation's per-step curves (theory.md §5; suite.training.EnsembleSummary)
@@ -527,20 +530,26 @@ def kernels_layout(spec: SweepSpec) -> Layout:
         for t, problem in enumerate(problems)
         for b, block in enumerate(BLOCKS)
     ]
-    if spec.kernels.full:
-        for name, index in (("nngp", 0), ("ntk", 1)):
-            arrays.append(
-                _array(
-                    name,
-                    {"block": len(BLOCKS), "basis": dimension, "basis_column": dimension},
-                    (1, tile, tile),
-                )
-            )
-            grams += [
-                (name, (b,), _kernel_block(nnqs, index, block), inputs, inputs)
-                for b, block in enumerate(BLOCKS)
-            ]
-    return Layout(arrays, initial, {}, grams)
+    full_arrays, full_grams = _full_grams(spec, inputs)
+    return Layout(arrays + full_arrays, initial, {}, grams + full_grams)
+
+
+def _full_grams(spec: SweepSpec, inputs: np.ndarray) -> tuple[list[ArraySpec], list[Any]]:
+    """With ``kernels.full``: the ``D x D`` NNGP and NTK blocks, in Dask tiles."""
+    if not spec.kernels.full:
+        return [], []
+    dimension = inputs.shape[0]
+    tile = min(dimension, spec.kernels.block)
+    nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
+    arrays, grams = [], []
+    for name, index in (("nngp", 0), ("ntk", 1)):
+        dims = {"block": len(BLOCKS), "basis": dimension, "basis_column": dimension}
+        arrays.append(_array(name, dims, (1, tile, tile)))
+        grams += [
+            (name, (b,), _kernel_block(nnqs, index, block), inputs, inputs)
+            for b, block in enumerate(BLOCKS)
+        ]
+    return arrays, grams
 
 
 def _kernel_block(nnqs: networks.NNQS, index: int, block: str) -> Callable[[Any], Any]:
