@@ -155,7 +155,12 @@ def deviation_figure(store: SweepStore, train: int = -1, rate: int = 0) -> Figur
 
 
 def entanglement_figure(store: SweepStore) -> Figure:
-    """Fig. 1: entanglement against subsystem size, per architecture."""
+    """Fig. 1: entanglement against subsystem size, per architecture.
+
+    Per width: the mean per-member ``S_vN`` (dots, standard errors) and the replica
+    ratio ``-ln(mean Tr rho~_A^2 / mean (Tr rho~)^2)`` (crosses), the finite-width
+    quantity the GP estimate (squares) predicts.
+    """
     architectures = store.read("architecture").tolist()
     cuts = store.read("cut")
     figure, axes = plt.subplots(
@@ -175,6 +180,13 @@ def entanglement_figure(store: SweepStore) -> Figure:
                 ms=4,
                 capsize=2,
                 label=f"S_vN, width {width}",
+            )
+            axis.plot(
+                cuts,
+                store.read("ratio_renyi2")[a, w],
+                "x",
+                color=axis.lines[-1].get_color(),
+                label=f"S_2 replica ratio, width {width}",
             )
         axis.plot(cuts, store.read("gp_renyi2")[a], "s--", label="S_2, GP estimate")
         axis.plot(cuts, store.read("page"), "k-", label="Page")
