@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from analysis.bench import add_bench_parser
 from suite.entanglement import entanglement_profile
 from suite.targets import TARGETS, build_target, make_spec, target_summary
 
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("store")
     report.add_argument("--out", help="output folder (default <store>.report)")
     report.set_defaults(run=_cmd_report)
+
+    add_bench_parser(commands)
     return parser
 
 
