@@ -14,6 +14,31 @@ import zarr
 from suite.store import MANIFEST
 
 
+def tiny_dynamics(name: str, seed: int, widths: list[int], max_steps: int) -> str:
+    """A dynamics spec small enough for a test: TFIM 2x3 (64 states), B = 12, 8 members in
+    shards of 2, float64 (so runs compare bit for bit)."""
+    return f"""
+[sweep]
+name = "{name}"
+study = "dynamics"
+seed = {seed}
+dtype = "float64"
+[target]
+model = "tfim"
+lx = 2
+ly = 3
+[grid]
+widths = {widths}
+train_sizes = [12]
+[ensemble]
+members = 8
+shard_size = 2
+[training]
+log_points = 5
+max_steps = {max_steps}
+"""
+
+
 def run_nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> Any:
     """``nnqs ARGV`` in a fresh process; its JSON answer (``{}`` when it printed none)."""
     result = subprocess.run(

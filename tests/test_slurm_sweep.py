@@ -27,41 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stores import assert_identical, run_nnqs
+from stores import assert_identical, run_nnqs, tiny_dynamics
 
 from suite.store import SweepStore
 
-SPEC = """
-[sweep]
-name = "tiny-slurm"
-study = "dynamics"
-seed = 5
-dtype = "float64"
-[target]
-model = "tfim"
-lx = 2
-ly = 3
-[grid]
-widths = [16, 32]
-train_sizes = [12]
-[ensemble]
-members = 8
-shard_size = 2
-[training]
-log_points = 5
-max_steps = {max_steps}
-[executor]
-kind = "local"
+SLURM_OVERRIDES = """
 [executor.slurm]
 mem_gb = 2
-time_min = {time_min}
+time_min = 5
 signal_delay_s = 15
 """
 
 
-def _spec(tmp_path: Path, max_steps: int = 30, time_min: int = 5) -> Path:
+def _spec(tmp_path: Path) -> Path:
     path = tmp_path / "spec.toml"
-    path.write_text(SPEC.format(max_steps=max_steps, time_min=time_min))
+    path.write_text(tiny_dynamics("tiny-slurm", 5, [16, 32], 30) + SLURM_OVERRIDES)
     return path
 
 

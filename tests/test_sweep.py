@@ -30,7 +30,7 @@ import suite  # noqa: F401  (first: enables JAX float64)
 import numpy as np
 import pytest
 import xarray as xr
-from stores import assert_identical, run_nnqs
+from stores import assert_identical, run_nnqs, tiny_dynamics
 
 from analysis.compare import relative_deviations
 from jobs import cli
@@ -42,26 +42,9 @@ from suite.kernels.gram import gram
 from suite.store import SweepStore
 from suite.training import combine, summarize, train_ensemble
 
-DYNAMICS = """
-[sweep]
-name = "tiny"
-study = "dynamics"
-seed = 3
-dtype = "float64"
-[target]
-model = "tfim"
-lx = 2
-ly = 3
-[grid]
-widths = [16, 48]
-train_sizes = [12]
-[ensemble]
-members = 8
-shard_size = 2
-[training]
-log_points = 5
-max_steps = {max_steps}
-"""
+
+def dynamics(max_steps: int) -> str:
+    return tiny_dynamics("tiny", seed=3, widths=[16, 48], max_steps=max_steps)
 
 
 def _spec_file(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
@@ -74,7 +57,7 @@ def _spec_file(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted in-process run of the tiny dynamics sweep."""
     tmp = tmp_path_factory.mktemp("reference")
-    spec_path = _spec_file(tmp, DYNAMICS.format(max_steps=40))
+    spec_path = _spec_file(tmp, dynamics(max_steps=40))
     store = tmp / "reference.zarr"
     assert cli.main(["run", str(spec_path), "--store", str(store)]) == 0
     return store
@@ -82,7 +65,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_local_sweep_equals_direct_training_and_summary(reference: Path) -> None:
     store = SweepStore(reference)
-    spec = load_spec(_spec_file(reference.parent, DYNAMICS.format(max_steps=40), "again.toml"))
+    spec = load_spec(_spec_file(reference.parent, dynamics(max_steps=40), "again.toml"))
     assert task_states(store, verify=True).counts()["done"] == len(expand(spec)) == 8
     steps, inputs, phi = store.read("step"), store.read("inputs"), store.read("phi")
     train = np.flatnonzero(store.read("train_mask")[0])
@@ -145,7 +128,7 @@ def test_the_run_writes_a_report_with_the_deviation_tables(reference: Path) -> N
 def test_report_of_an_unaggregated_store_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = load_spec(_spec_file(tmp_path, DYNAMICS.format(max_steps=5)))
+    spec = load_spec(_spec_file(tmp_path, dynamics(max_steps=5)))
     open_sweep(spec, tmp_path / "raw.zarr")
     assert cli.main(["report", str(tmp_path / "raw.zarr")]) == 2
     error = capsys.readouterr().err.strip()
@@ -165,7 +148,7 @@ def test_xarray_reads_the_store(reference: Path) -> None:
 def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
     tmp_path: Path, reference: Path
 ) -> None:
-    spec_path = _spec_file(tmp_path, DYNAMICS.format(max_steps=40))
+    spec_path = _spec_file(tmp_path, dynamics(max_steps=40))
     store_path = tmp_path / "killed.zarr"
     process = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--store", str(store_path)],
@@ -205,7 +188,7 @@ def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
 
 @pytest.mark.slow
 def test_two_writers_on_disjoint_tasks_and_a_process_pool(tmp_path: Path, reference: Path) -> None:
-    spec = load_spec(_spec_file(tmp_path, DYNAMICS.format(max_steps=40)))
+    spec = load_spec(_spec_file(tmp_path, dynamics(max_steps=40)))
     store_path = tmp_path / "shared.zarr"
     open_sweep(spec, store_path)
     code = "import sys; from jobs.sweep import execute_task\n" + (
@@ -232,7 +215,7 @@ def test_two_writers_on_disjoint_tasks_and_a_process_pool(tmp_path: Path, refere
 def test_corrupted_chunk_is_detected_and_only_it_recomputed(
     tmp_path: Path, reference: Path
 ) -> None:
-    spec_path = _spec_file(tmp_path, DYNAMICS.format(max_steps=40))
+    spec_path = _spec_file(tmp_path, dynamics(max_steps=40))
     store_path = tmp_path / "corrupt.zarr"
     assert cli.main(["run", str(spec_path), "--store", str(store_path)]) == 0
     before = {r.task: r.info for r in SweepStore(store_path).records()}
@@ -254,7 +237,7 @@ def test_corrupted_chunk_is_detected_and_only_it_recomputed(
 
 
 def test_failed_task_is_recorded_with_its_error(tmp_path: Path) -> None:
-    spec = load_spec(_spec_file(tmp_path, DYNAMICS.format(max_steps=5)))
+    spec = load_spec(_spec_file(tmp_path, dynamics(max_steps=5)))
     store = open_sweep(spec, tmp_path / "s.zarr")
     (tmp_path / "s.zarr" / "phi" / "c" / "0").write_bytes(b"not a chunk")
     with pytest.raises(Exception):  # noqa: B017  (the codec's own error type)
