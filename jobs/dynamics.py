@@ -10,6 +10,7 @@ width (theory.md §5). The result is one JSON document for the analysis layer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -28,9 +29,8 @@ from suite.supervised import (
     convergence_step,
     infinite_width_curves,
     log_steps,
-    make_problem,
     scale_target,
-    split_basis,
+    split_problem,
 )
 from suite.targets import Target, build_target, make_spec, target_summary
 from suite.training import summarize, train_ensemble
@@ -74,16 +74,23 @@ class DynamicsStudy:
             raise ValueError(f"max_steps must be positive or None, got {self.max_steps}")
 
     def nnqs(self, width: int) -> networks.NNQS:
-        if self.kind == "decoupled":
-            return networks.decoupled(networks.mlp(self.depth, width, self.activation))
-        trunk = networks.mlp_trunk(self.depth, width, self.activation)
-        if self.kind == "shared_trunk":
-            return networks.shared_trunk(trunk)
-        if self.kind == "complex_output":
-            return networks.complex_output(trunk)
-        raise ValueError(
-            f"kind must be one of decoupled, shared_trunk, complex_output; got {self.kind!r}"
-        )
+        return mlp_nnqs(self.kind, self.activation, self.depth, width)
+
+
+@functools.cache
+def mlp_nnqs(kind: str, activation: str, depth: int, width: int) -> networks.NNQS:
+    """The NNQS of ``kind`` over ReLU/erf MLPs of ``depth`` hidden layers of ``width``.
+
+    The same object for the same settings, so compiled training code is reused.
+    """
+    if kind == "decoupled":
+        return networks.decoupled(networks.mlp(depth, width, activation))
+    trunk = networks.mlp_trunk(depth, width, activation)
+    if kind == "shared_trunk":
+        return networks.shared_trunk(trunk)
+    if kind == "complex_output":
+        return networks.complex_output(trunk)
+    raise ValueError(f"kind must be one of decoupled, shared_trunk, complex_output; got {kind!r}")
 
 
 def finite_curves(
@@ -142,9 +149,9 @@ def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:
 def _problem(study: DynamicsStudy, target: Target, train_size: int) -> Problem:
     """The supervised problem on ``target`` with ``train_size`` random train points."""
     phi = scale_target(target.psi, study.target_scale)
-    train, test = split_basis(phi.size, train_size, study.seed)
     # infinite-width kernels do not depend on the width: any width builds the same maps
-    return make_problem(study.nnqs(study.widths[0]), target.inputs, phi, train, test)
+    nnqs = study.nnqs(study.widths[0])
+    return split_problem(nnqs, target.inputs, phi, train_size, study.seed)
 
 
 def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str, Any]:

@@ -19,7 +19,6 @@ store, so a worker needs nothing but the store's path and its task number.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jobs.dynamics import mlp_nnqs
 from jobs.entanglement import EntanglementStudy, gp_renyi2
 from jobs.spec import SweepSpec
 from suite import networks
@@ -42,9 +42,8 @@ from suite.supervised import (
     convergence_step,
     infinite_width_curves,
     log_steps,
-    make_problem,
     scale_target,
-    split_basis,
+    split_problem,
 )
 from suite.targets import build_target, make_spec
 from suite.training import train_ensemble
@@ -149,23 +148,9 @@ def _coordinate(name: str, values: Sequence[Any]) -> tuple[ArraySpec, np.ndarray
 
 
 def dynamics_nnqs(spec: SweepSpec, width: int) -> networks.NNQS:
-    """The NNQS of ``[network]`` at ``width`` (decoupled, shared trunk or complex output).
-
-    The same object for the same settings, so compiled training code is reused
-    across the tasks a process runs.
-    """
+    """The NNQS of ``[network]`` at ``width`` (decoupled, shared trunk or complex output)."""
     net = spec.network
-    return _nnqs(net.kind, net.activation, net.depth, width)
-
-
-@functools.cache
-def _nnqs(kind: str, activation: str, depth: int, width: int) -> networks.NNQS:
-    if kind == "decoupled":
-        return networks.decoupled(networks.mlp(depth, width, activation))
-    trunk = networks.mlp_trunk(depth, width, activation)
-    if kind == "shared_trunk":
-        return networks.shared_trunk(trunk)
-    return networks.complex_output(trunk)
+    return mlp_nnqs(net.kind, net.activation, net.depth, width)
 
 
 def _problems(spec: SweepSpec) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
@@ -173,11 +158,40 @@ def _problems(spec: SweepSpec) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
     target = build_target(make_spec(**spec.target))
     phi = scale_target(target.psi, spec.training.target_scale)
     nnqs = dynamics_nnqs(spec, spec.grid.widths[0])  # infinite-width maps ignore the width
-    problems = []
-    for size in spec.grid.train_sizes:
-        train, test = split_basis(phi.size, size, spec.sweep.seed)
-        problems.append(make_problem(nnqs, target.inputs, phi, train, test))
+    problems = [
+        split_problem(nnqs, target.inputs, phi, size, spec.sweep.seed)
+        for size in spec.grid.train_sizes
+    ]
     return target.inputs, phi, problems
+
+
+def _train_sets(
+    spec: SweepSpec, inputs: np.ndarray, problems: list[Problem]
+) -> tuple[list[ArraySpec], dict[str, np.ndarray], list[Any]]:
+    """Per train size: its mask, its QS-NTK spectrum and ``Theta(basis, train)`` (Dask tiles)."""
+    dimension = inputs.shape[0]
+    n_t, b_max = len(problems), max(spec.grid.train_sizes)
+    spectra = np.full((n_t, 2 * b_max), NAN)
+    masks = np.zeros((n_t, dimension), dtype=bool)
+    for t, problem in enumerate(problems):
+        spectra[t, : 2 * problem.train.size] = np.linalg.eigvalsh(problem.train_ntk_block)
+        masks[t, problem.train] = True
+    arrays = [
+        _array("train_mask", {"train_size": n_t, "basis": dimension}, (n_t, dimension), "|b1"),
+        _array("ntk_spectrum", {"train_size": n_t, "eigen": 2 * b_max}, (n_t, 2 * b_max)),
+        _array(
+            "ntk_basis_train",
+            {"train_size": n_t, "block": len(BLOCKS), "basis": dimension, "train_point": b_max},
+            (1, 1, min(dimension, spec.kernels.block), b_max),
+        ),
+    ]
+    nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
+    grams = [
+        ("ntk_basis_train", (t, b), _kernel_block(nnqs, 1, block), inputs, inputs[problem.train])
+        for t, problem in enumerate(problems)
+        for b, block in enumerate(BLOCKS)
+    ]
+    return arrays, {"train_mask": masks, "ntk_spectrum": spectra}, grams
 
 
 def dynamics_layout(spec: SweepSpec) -> Layout:
@@ -203,7 +217,6 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
         last = min(last, spec.training.max_steps)
     steps = log_steps(last, spec.training.log_points)
     n_l, n_s, n_m = len(steps), spec.ensemble.shards, spec.ensemble.members
-    b_max = max(spec.grid.train_sizes)
     shape = {"train_size": n_t, "lr_factor": n_r, "width": n_w}
     point = (1, 1, 1)
 
@@ -220,12 +233,7 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
                 out[t, r] = [getattr(curves, name) for name in CURVES]
             limit = infinite_width_curves(problem, rate, np.asarray([np.inf]), discrete=False)
             at_infinity[t, r] = [getattr(limit, name)[0] for name in CURVES]
-    spectra = np.full((n_t, 2 * b_max), NAN)
-    masks = np.zeros((n_t, dimension), dtype=bool)
-    for t, problem in enumerate(problems):
-        spectra[t, : 2 * problem.train.size] = np.linalg.eigvalsh(problem.train_ntk_block)
-        masks[t, problem.train] = True
-
+    train_arrays, train_values, grams = _train_sets(spec, inputs, problems)
     coords, initial = _coordinates(spec)
     for name, values in (
         ("step", steps),
@@ -251,11 +259,9 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
         [
             _array("inputs", {"basis": dimension, "site": n_sites}, (dimension, n_sites)),
             _array("phi", {"basis": dimension}, (dimension,), "<c16"),
-            _array("train_mask", {"train_size": n_t, "basis": dimension}, (n_t, dimension), "|b1"),
             _array("eta_max", {"train_size": n_t}, (n_t,)),
             _array("learning_rate", {"train_size": n_t, "lr_factor": n_r}, (n_t, n_r)),
             _array("convergence_step", {"train_size": n_t, "lr_factor": n_r}, (n_t, n_r), "<i8"),
-            _array("ntk_spectrum", {"train_size": n_t, "eigen": 2 * b_max}, (n_t, 2 * b_max)),
         ]
         + [
             _array(
@@ -270,11 +276,6 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
                 "infinite_t_inf",
                 {"train_size": n_t, "lr_factor": n_r, "curve": len(CURVES)},
                 (n_t, n_r, len(CURVES)),
-            ),
-            _array(
-                "ntk_basis_train",
-                {"train_size": n_t, "block": len(BLOCKS), "basis": dimension, "train_point": b_max},
-                (1, 1, min(dimension, spec.kernels.block), b_max),
             ),
         ]
     )
@@ -292,33 +293,19 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
         ),
     ] + [_array(name, {**shape, "step": n_l}, (*point, n_l)) for name in AGGREGATED_CURVES]
     initial.update(
+        train_values,
         inputs=inputs,
         phi=phi,
-        train_mask=masks,
         eta_max=eta_max,
         learning_rate=rates,
         convergence_step=converged,
-        ntk_spectrum=spectra,
         infinite_continuous=continuous,
         infinite_discrete=discrete,
         infinite_t_inf=at_infinity,
     )
-    nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
-    grams = [
-        (
-            "ntk_basis_train",
-            (t, b),
-            _ntk_block(nnqs, block),
-            inputs,
-            inputs[problem.train],
-        )
-        for t, problem in enumerate(problems)
-        for b, block in enumerate(BLOCKS)
-    ]
     full_arrays, full_grams = _full_grams(spec, inputs)
-    return Layout(
-        coords + finite + prepared + aggregated + full_arrays, initial, {}, grams + full_grams
-    )
+    arrays = coords + finite + prepared + train_arrays + aggregated + full_arrays
+    return Layout(arrays, initial, {}, grams + full_grams)
 
 
 #: the dynamics aggregation's per-step curves (theory.md §5; suite.training.EnsembleSummary)
@@ -330,13 +317,6 @@ AGGREGATED_CURVES = (
     "train_loss_of_mean_debiased",
     "test_loss_of_mean_debiased",
 )
-
-
-def _ntk_block(nnqs: networks.NNQS, block: str) -> Callable[[Any], Any]:
-    def fn(kernel: Any) -> Any:
-        return getattr(nnqs.infinite(kernel)[1], block)
-
-    return fn
 
 
 def dynamics_task(spec: SweepSpec, store: SweepStore, task: Task) -> list[tuple[str, Region]]:
@@ -483,10 +463,8 @@ def kernels_layout(spec: SweepSpec) -> Layout:
     """
     inputs, _, problems = _problems(spec)
     dimension = inputs.shape[0]
-    n_t, n_w = len(spec.grid.train_sizes), len(spec.grid.widths)
-    b_max = max(spec.grid.train_sizes)
+    n_w, b_max = len(spec.grid.widths), max(spec.grid.train_sizes)
     n_m, size = spec.ensemble.members, spec.ensemble.shard_size
-    tile = min(dimension, spec.kernels.block)
     coords, initial = _coordinates(spec)
     for name, values in (
         ("train_size", spec.grid.train_sizes),
@@ -496,24 +474,13 @@ def kernels_layout(spec: SweepSpec) -> Layout:
         array, data = _coordinate(name, values)
         coords.append(array)
         initial[name] = data
-    spectra = np.full((n_t, 2 * b_max), NAN)
-    masks = np.zeros((n_t, dimension), dtype=bool)
-    for t, problem in enumerate(problems):
-        spectra[t, : 2 * problem.train.size] = np.linalg.eigvalsh(problem.train_ntk_block)
-        masks[t, problem.train] = True
+    train_arrays, train_values, grams = _train_sets(spec, inputs, problems)
     largest = problems[int(np.argmax(spec.grid.train_sizes))]
-    train_block = largest.train_ntk_block
     arrays = [
         *coords,
+        *train_arrays,
         _array("inputs", {"basis": dimension, "site": inputs.shape[1]}, inputs.shape),
-        _array("train_mask", {"train_size": n_t, "basis": dimension}, (n_t, dimension), "|b1"),
-        _array("ntk_spectrum", {"train_size": n_t, "eigen": 2 * b_max}, (n_t, 2 * b_max)),
         _array("ntk_train", {"row": 2 * b_max, "column": 2 * b_max}, (2 * b_max, 2 * b_max)),
-        _array(
-            "ntk_basis_train",
-            {"train_size": n_t, "block": len(BLOCKS), "basis": dimension, "train_point": b_max},
-            (1, 1, tile, b_max),
-        ),
         _array("empirical_deviation", {"width": n_w, "member": n_m}, (1, size)),
         _array(
             "empirical_sum",
@@ -523,13 +490,7 @@ def kernels_layout(spec: SweepSpec) -> Layout:
         _array("mean_empirical_deviation", {"width": n_w}, (1,)),
         _array("deviation_of_mean_kernel", {"width": n_w}, (1,)),
     ]
-    initial.update(inputs=inputs, train_mask=masks, ntk_spectrum=spectra, ntk_train=train_block)
-    nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
-    grams = [
-        ("ntk_basis_train", (t, b), _ntk_block(nnqs, block), inputs, inputs[problem.train])
-        for t, problem in enumerate(problems)
-        for b, block in enumerate(BLOCKS)
-    ]
+    initial.update(train_values, inputs=inputs, ntk_train=largest.train_ntk_block)
     full_arrays, full_grams = _full_grams(spec, inputs)
     return Layout(arrays + full_arrays, initial, {}, grams + full_grams)
 

@@ -122,6 +122,14 @@ def make_problem(
     return Problem(inputs, phi, train, test, as_numpy(nngp), as_numpy(ntk), as_numpy(nngp_diagonal))
 
 
+def split_problem(
+    nnqs: NNQS, inputs: np.ndarray, phi: np.ndarray, train_size: int, seed: int
+) -> Problem:
+    """:func:`make_problem` on ``train_size`` random train points (:func:`split_basis`)."""
+    train, test = split_basis(np.size(phi), train_size, seed)
+    return make_problem(nnqs, inputs, phi, train, test)
+
+
 @dataclass(frozen=True)
 class LossCurves:
     """Losses at ``steps`` (theory.md §5): loss of the mean, mean of the losses; train, test."""
