@@ -29,7 +29,8 @@ from distributed import Client, LocalCluster, as_completed
 
 from jobs.entanglement import ensemble_summary
 from jobs.progress import ProgressBar
-from jobs.studies import AGGREGATED_CURVES, ENTANGLEMENT_STATISTICS, SUMS
+from jobs.studies import AGGREGATED_CURVES, ENTANGLEMENT_STATISTICS, SUMS, grid_axes
+from jobs.sweep import store_spec
 from suite.entanglement import EnsembleEntanglement
 from suite.store import StoreError, SweepStore
 from suite.training import EnsembleStats, summarize
@@ -93,16 +94,11 @@ POINTS: dict[str, Callable[[str, tuple[int, ...]], None]] = {
     "entanglement": _entanglement_point,
     "kernels": _kernels_point,
 }
-GRID = {
-    "dynamics": ("train_size", "lr_factor", "width"),
-    "entanglement": ("architecture", "width"),
-    "kernels": ("width",),
-}
 
 
 def grid_points(store: SweepStore) -> list[tuple[int, ...]]:
-    """Every grid point of the store's study, in C order."""
-    shape = [store.array(axis).shape[0] for axis in GRID[store.attrs["study"]]]
+    """Every grid point of the store's study, in C order (as :func:`jobs.studies.expand`)."""
+    shape = [len(values) for values in grid_axes(store_spec(store)).values()]
     return [tuple(int(i) for i in index) for index in np.ndindex(*shape)]
 
 

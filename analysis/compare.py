@@ -11,11 +11,9 @@ of its fall with width (least squares in log-log) summarise the comparison.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
-from jobs.dynamics import width_exponent
 from jobs.studies import CURVES
 from suite.store import SweepStore
 
@@ -47,38 +45,3 @@ def relative_deviations(path: str | os.PathLike[str], time: str = "discrete") ->
         deviation = np.abs(finite - reference) / reference
     deviation[..., 0] = np.nan
     return deviation
-
-
-def deviation_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Per grid point: the largest deviation over steps >= 1 per curve (discrete and
-    continuous time), and per (train size, learning rate) the exponent of the largest
-    discrete-time deviation against width."""
-    store = SweepStore(path)
-    widths = store.read("width").tolist()
-    train_sizes = store.read("train_size").tolist()
-    factors = store.read("lr_factor").tolist()
-    largest = {
-        time: np.nanmax(relative_deviations(path, time), axis=-1)
-        for time in ("discrete", "continuous")
-    }
-    points = []
-    for t, size in enumerate(train_sizes):
-        for r, factor in enumerate(factors):
-            worst = largest["discrete"][t, r].max(axis=-1)
-            points.append(
-                {
-                    "train_size": size,
-                    "lr_factor": factor,
-                    "widths": widths,
-                    "max_deviation_discrete": {
-                        c: largest["discrete"][t, r, :, i].tolist() for i, c in enumerate(CURVES)
-                    },
-                    "max_deviation_continuous": {
-                        c: largest["continuous"][t, r, :, i].tolist() for i, c in enumerate(CURVES)
-                    },
-                    "exponent_vs_width": (
-                        width_exponent(widths, worst.tolist()) if len(widths) > 1 else None
-                    ),
-                }
-            )
-    return {"store": str(path), "points": points}

@@ -23,7 +23,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from analysis.compare import relative_deviations
 from jobs.dynamics import width_exponent
 from jobs.studies import CURVES
 from suite.store import SweepStore
@@ -131,17 +130,14 @@ def spectra_figure(store: SweepStore) -> Figure:
     return figure
 
 
-def largest_deviations(store: SweepStore, train: int = -1, rate: int = 0) -> dict[str, np.ndarray]:
-    """Largest discrete-time deviation over steps >= 1 per width, per curve."""
-    deviations = relative_deviations(store.path, "discrete")[train, rate]  # (W, curve, step)
-    return {name: np.nanmax(deviations[:, i], axis=-1) for i, name in enumerate(CURVES)}
+def deviation_figure(widths: list[int], largest: np.ndarray) -> Figure:
+    """Largest relative deviation from the discrete-step prediction against width.
 
-
-def deviation_figure(store: SweepStore, train: int = -1, rate: int = 0) -> Figure:
-    """Largest relative deviation from the discrete-step prediction against width."""
-    widths = _widths(store)
+    ``largest``: ``(width, curve)``, the maximum over steps >= 1 of
+    :func:`analysis.compare.relative_deviations` at one grid point.
+    """
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    for name, values in largest_deviations(store, train, rate).items():
+    for name, values in zip(CURVES, largest.T, strict=True):
         label = name.replace("_", " ")
         if len(widths) > 1 and np.all(values > 0):
             label += f" (slope {width_exponent(widths, values.tolist()):.2f})"

@@ -71,7 +71,7 @@ def _dynamics(store: SweepStore, out: Path) -> list[str]:
             lines += ["Largest deviation over steps >= 1, and its exponent against width:", ""]
             lines += [*_table(["width", *CURVES], rows), ""]
             lines += _image(
-                figures.save(figures.deviation_figure(store, t, r), out, f"deviation-{tag}"),
+                figures.save(figures.deviation_figure(widths, largest), out, f"deviation-{tag}"),
                 out,
                 "Largest relative deviation against width",
             )

@@ -420,21 +420,6 @@ def shard_memory_bytes(spec: SweepSpec) -> int:
     return members * per_member + sums
 
 
-def store_bytes(spec: SweepSpec) -> int:
-    """Size of the store's result arrays (bytes, float64), before compression."""
-    points = len(spec.grid.widths)
-    if spec.sweep.study == "entanglement":
-        cuts = spec.entanglement.n_sites // 2
-        return 8 * len(spec.grid.architectures) * points * spec.ensemble.members * (2 * cuts + 1)
-    dimension = target_dimension(spec)
-    if spec.sweep.study == "kernels":
-        full = 8 * 4 * dimension**2 if spec.kernels.full else 0
-        return full + 8 * points * spec.ensemble.members * (len(spec.grid.train_sizes) + 1)
-    points *= len(spec.grid.train_sizes) * len(spec.grid.lr_factors)
-    steps = spec.training.log_points + 1
-    return 8 * points * steps * (2 * spec.ensemble.members + 5 * spec.ensemble.shards * dimension)
-
-
 def check_memory(spec: SweepSpec, available: int | None = None) -> None:
     """Refuse a sweep whose shard would not fit in ``available`` bytes (default: this host)."""
     available = available_memory_bytes() if available is None else available

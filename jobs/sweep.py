@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import jax
 
 from jobs.spec import SweepSpec, check_memory, parse_spec
-from jobs.studies import LAYOUTS, TASKS, Task, expand, write_grams
+from jobs.studies import LAYOUTS, TASKS, expand, write_grams
 from suite.store import StoreError, SweepStore
 
 STATES = ("pending", "running", "done", "failed", "corrupt")
@@ -129,10 +131,10 @@ def task_states(store: SweepStore, verify: bool = False) -> SweepStatus:
     mismatch (or an unreadable chunk) makes it ``corrupt``.
     """
     states, records = {}, {}
-    queued = _slurm_jobs()
+    queue = functools.cache(_slurm_jobs)  # asked once, and only for a running SLURM task
     for record in store.records():
         state, info = record.state, dict(record.info)
-        if state == "running" and not _owner_alive(info, queued):
+        if state == "running" and not _owner_alive(info, queue):
             state = "failed"
             info["error"] = "its process or SLURM job ended without finishing it"
         if state == "done" and verify and not _intact(store, info):
@@ -151,9 +153,10 @@ def _intact(store: SweepStore, info: dict[str, Any]) -> bool:
         return False
 
 
-def _owner_alive(info: dict[str, Any], queued: set[str] | None) -> bool:
+def _owner_alive(info: dict[str, Any], queue: Callable[[], set[str] | None]) -> bool:
     slurm = info.get("slurm")
     if slurm and "job_id" in slurm:
+        queued = queue()
         return True if queued is None else slurm["job_id"] in queued
     if info.get("host") != socket.gethostname():
         return True  # another machine's process: trust the record
@@ -194,7 +197,3 @@ def finalize(store: SweepStore, scheduler: str | None = None, progress: bool = T
     aggregate(store.path, scheduler=scheduler, progress=progress)
     store.update_attrs(finalized_unix=round(time.time(), 3))
     store.consolidate()
-
-
-def tasks_of(store: SweepStore) -> list[Task]:
-    return expand(store_spec(store))
