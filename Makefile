@@ -47,3 +47,4 @@ clean:
 	rm -rf $(VENV) $(NT_VENV) $(PARITY_DIR) .pytest_cache .ruff_cache
 
 include mk/parity.mk
+include mk/wheelhouse.mk

@@ -29,6 +29,7 @@ from distributed import Client, LocalCluster, as_completed
 
 from jobs.entanglement import ensemble_summary
 from jobs.progress import ProgressBar
+from jobs.spec import aggregation_threads
 from jobs.studies import AGGREGATED_CURVES, ENTANGLEMENT_STATISTICS, SUMS, grid_axes
 from jobs.sweep import store_spec
 from suite.entanglement import EnsembleEntanglement
@@ -44,10 +45,7 @@ def _dynamics_point(path: str, point: tuple[int, ...]) -> None:
         name: store.read(f"member_{name}", (*at, slice(None), slice(None)))[0, 0, 0].T
         for name in ("train_loss", "test_loss")
     }
-    sums = {
-        name: store.read(name, (*at, slice(None), slice(None), slice(None)))[0, 0, 0].sum(axis=0)
-        for name in SUMS
-    }
+    sums = {name: _shard_total(store, name, at) for name in SUMS}
     steps = store.read("step")
     stats = EnsembleStats(np.arange(losses["train_loss"].shape[1]), steps, **losses, **sums)
     train = np.flatnonzero(store.read("train_mask")[t])
@@ -57,6 +55,21 @@ def _dynamics_point(path: str, point: tuple[int, ...]) -> None:
     store.write("ensemble_variance", (*at, *whole), summary.variance[None, None, None])
     for name in AGGREGATED_CURVES:
         store.write(name, (*at, slice(None)), getattr(summary, name)[None, None, None])
+
+
+def _shard_total(store: SweepStore, name: str, at: tuple[slice, ...]) -> np.ndarray:
+    """Sum over the shards of a grid point's per-shard statistic (``at``: the point, then a
+    shard axis and two more), read a shard at a time: memory of two shards whatever their
+    number (the same additions in the same order as summing the stacked shards)."""
+
+    def shard(index: int) -> np.ndarray:
+        region = (*at, slice(index, index + 1), slice(None), slice(None))
+        return store.read(name, region)[(0,) * (len(at) + 1)]
+
+    total = shard(0)
+    for index in range(1, store.array(name).shape[len(at)]):
+        total += shard(index)
+    return total
 
 
 def _entanglement_point(path: str, point: tuple[int, ...]) -> None:
@@ -81,8 +94,7 @@ def _kernels_point(path: str, point: tuple[int, ...]) -> None:
     store = SweepStore(path)
     (w,) = point
     deviations = store.read("empirical_deviation")[w]
-    total = store.read("empirical_sum", (slice(w, w + 1), slice(None), slice(None), slice(None)))
-    mean_kernel = total[0].sum(axis=0) / deviations.size
+    mean_kernel = _shard_total(store, "empirical_sum", (slice(w, w + 1),)) / deviations.size
     reference = store.read("ntk_train")
     gap = np.linalg.norm(mean_kernel - reference) / np.linalg.norm(reference)
     store.write("mean_empirical_deviation", (slice(w, w + 1),), np.array([deviations.mean()]))
@@ -109,7 +121,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         with Client(scheduler) as client:
             yield client
         return
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or aggregation_threads()
     with (
         LocalCluster(
             n_workers=1,

@@ -1,20 +1,29 @@
 """``nnqs bench``: the performance suite that scores a machine, and its regression check.
 
 The benchmarks are declared in :data:`CASES` (a name, what it measures, its metrics with
-unit and direction, and the parameters of a ``quick`` size for tests and a ``full`` size
-for real runs); each runs one of the ``measure_*`` functions here, which reuse the
-timing code of ``analysis/bench_kernels.py``, ``bench_training.py`` and
-``bench_entanglement.py``:
+unit and direction, and the parameters of its sizes: ``quick`` for tests, ``full`` for
+real runs here, ``gpu`` for one modern GPU); each runs one of the ``measure_*`` functions
+here, which reuse the timing code of ``analysis/bench_kernels.py``, ``bench_training.py``
+and ``bench_entanglement.py``, or of ``analysis/bench_scale.py`` and
+``analysis/bench_parallel.py``:
 
 * ``kernel_gram``: entries/s of the infinite-width NTK Gram matrix (ours, fresh and into
   a reused buffer), and of neural-tangents' ``jit(kernel_fn)`` when its environment
   (``.venv-nt``) exists;
 * ``training``: member-steps/s and GFLOP/s of :func:`suite.training.train_ensemble`;
 * ``renyi2_chunked``: entries/s of the route (b) Renyi-2 traces (:mod:`suite.replica`);
-* ``zarr_io``: write and read bandwidth of a chunked float64 Zarr array;
-* ``device_scaling``: training throughput with 1, 2, 4 devices (fake CPU devices, or the
-  real GPUs) and the speed-up;
-* ``process_scaling``: tasks/s of a small dynamics sweep with 1 and 2 local processes.
+* ``zarr_io``: write and read bandwidth (GB/s) of a chunked float64 Zarr array;
+* ``device_scaling``, ``process_scaling``, ``slurm_scaling``: strong scaling of training
+  over 1, 2, 4 devices (fake CPU devices, or the real GPUs) and of a small sweep over 1
+  and 2 local processes or concurrent SLURM array tasks; ``weak_scaling``: training with
+  the members proportional to the devices. Each reports its throughput per worker count,
+  the speed-up and the parallel efficiency (speed-up / workers);
+* ``training_scale``: member-steps/s, GFLOP/s and fraction of peak FLOP/s at M >= 4096
+  members, float32 and float64;
+* ``gram_full_basis``: the NTK Gram over a whole spin basis (65,536^2 at full size) in
+  tiles: entries/s, GB/s and fraction of peak memory bandwidth;
+* ``time_to_solution``: a named spec (``paper-tfim`` at full size) from nothing to
+  aggregated results, seconds (projected past a deadline).
 
 A run gives a *record* (JSON): ``schema``, ``size``, ``system`` (host, CPU model, cores,
 memory, accelerators, package versions and git commit, SLURM job), ``cases`` (the
@@ -24,14 +33,17 @@ parameters, seconds and metric declarations of each case run), ``results``
 references of its system (``analysis/references/<system>.json``: per ``case.metric`` a
 value, a tolerance ``[lower, upper]`` as fractions of it, ``null`` for unbounded, and a
 unit) and against the most recent earlier record of the same system and size (in
-``runs/bench/``): per metric ``ok``, ``regression``, ``improvement`` or ``no-reference``.
+``runs/bench/``): per metric ``ok``, ``regression``, ``improvement`` or ``no-reference``,
+printed as a table (:func:`analysis.bench_report.metrics_table`). Records of any two
+systems compare metric by metric (:func:`analysis.bench_report.compare_records`), and
+the scaling cases of a record make efficiency tables and a figure
+(:func:`analysis.bench_report.write_scaling_report`).
 
     nnqs bench                          # all cases, full size: runs/bench/<system>-<n>.json
-    nnqs bench --quick --cases zarr_io training
+    nnqs bench --quick --cases zarr_io training --format table
     nnqs bench --executor slurm --profile local   # as one SLURM job (submitit)
-
-``python -m analysis.bench PARAMS_JSON`` is the device-scaling worker (one training
-measurement on all visible devices, printed as JSON).
+    nnqs bench compare A.json B.json [--json]     # B against A, per metric
+    nnqs bench report RECORD.json [--out DIR]     # scaling tables (Markdown) and figure
 """
 
 from __future__ import annotations
@@ -52,20 +64,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from analysis import bench_parallel, bench_report, bench_scale
+from analysis.bench_case import CaseSkipped, Measured
 from jobs.progress import ProgressBar
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = ROOT / "analysis" / "references"
 RECORDS_DIR = Path("runs") / "bench"
-SCHEMA = 1
-SIZES = ("quick", "full")
+#: 2: zarr_io in GB/s (was MB/s), scaling cases with efficiencies (:func:`load_record`
+#: reads schema 1 records as 2)
+SCHEMA = 2
+#: ``quick``: seconds, for tests; ``full``: a real run here; ``gpu``: one modern GPU
+SIZES = ("quick", "full", "gpu")
 #: tolerance of a comparison with an earlier record, or with a reference saved by
 #: ``--save-reference``: a drop to half is a regression, no rise is flagged
 DEFAULT_TOLERANCE: tuple[float | None, float | None] = (-0.5, None)
 _SYSTEM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-Measured = tuple[dict[str, float], list[str]]
-"""What a ``measure_*`` function returns: metric values and notes (one line each)."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +91,32 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class Scaling:
+    """What a scaling case scales: ``kind`` (``strong``: a fixed problem; ``weak``: the
+    problem grows with the workers), what a worker is, and the throughput metric (its name
+    without the ``_<workers>`` suffix; ``speedup_<n>`` and ``efficiency_<n>`` go with it)."""
+
+    kind: Literal["strong", "weak"]
+    workers: str
+    throughput: str
+
+    def metrics(self, unit: str, counts: Sequence[int]) -> dict[str, Metric]:
+        """The declared metrics at ``counts`` workers: throughput in ``unit``, speed-up
+        (``x``) and efficiency (``fraction``, 1 ideal) above one worker."""
+        metrics = {f"{self.throughput}_{n}": Metric(unit) for n in counts}
+        for n in counts[1:]:
+            metrics |= {f"speedup_{n}": Metric("x"), f"efficiency_{n}": Metric("fraction")}
+        return metrics
+
+
+@dataclass(frozen=True)
 class Case:
-    """A declared benchmark: what it measures, its metrics and its two sizes.
+    """A declared benchmark: what it measures, its metrics and its sizes.
 
     ``metrics`` lists every metric the case can report (a run may report fewer, e.g. no
-    neural-tangents figures without its environment); ``quick`` and ``full`` are the
-    parameters ``run`` is called with at each size.
+    neural-tangents figures without its environment); ``quick``, ``full`` and ``gpu``
+    are the parameters ``run`` is called with at each size (``gpu`` defaults to
+    ``full``); ``scaling`` says how a scaling case scales.
     """
 
     name: str
@@ -91,6 +125,13 @@ class Case:
     quick: Mapping[str, Any]
     full: Mapping[str, Any]
     run: Callable[[Mapping[str, Any]], Measured] = field(repr=False)
+    gpu: Mapping[str, Any] | None = None
+    scaling: Scaling | None = None
+
+    def parameters(self, size: str) -> dict[str, Any]:
+        """The parameters of ``size`` (one of :data:`SIZES`)."""
+        sizes = {"quick": self.quick, "full": self.full, "gpu": self.gpu or self.full}
+        return dict(sizes[size])
 
 
 # -- measurements ------------------------------------------------------------------
@@ -182,7 +223,7 @@ def measure_renyi2_chunked(params: Mapping[str, Any]) -> Measured:
 
 
 def measure_zarr_io(params: Mapping[str, Any]) -> Measured:
-    """Write and read bandwidth (MB/s, 1e6 bytes of float64 values) of a Zarr v3 array of
+    """Write and read bandwidth (GB/s, 1e9 bytes of float64 values) of a Zarr v3 array of
     ``shape`` in ``chunks`` with the suite's store settings (zarr's default codecs) in a
     temporary directory (``$TMPDIR``): random values written whole, then read whole, each
     the best of ``repeats``. Reads may come from the page cache (it is not dropped)."""
@@ -204,127 +245,39 @@ def measure_zarr_io(params: Mapping[str, Any]) -> Measured:
             read.append(time.perf_counter() - start)
         if not np.array_equal(back, values):
             raise ValueError("zarr read back other values than it wrote")
-    megabytes = values.nbytes / 1e6
-    return {"write_mb_per_s": megabytes / min(write), "read_mb_per_s": megabytes / min(read)}, []
-
-
-def _device_env(count: int, platform_name: str) -> dict[str, str]:
-    """The environment of a worker that sees ``count`` devices: fake CPU devices
-    (``--xla_force_host_platform_device_count``), or the first ``count`` GPUs."""
-    env = dict(os.environ)
-    if platform_name == "cpu":
-        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
-        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    else:
-        visible = env.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(count)]
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:count])
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # this process holds memory too
-    return env
-
-
-def measure_device_scaling(params: Mapping[str, Any]) -> Measured:
-    """Training throughput (:func:`measure_training`) in a fresh worker process per device
-    count in ``devices`` (fake CPU devices sharing this machine's cores, or on a GPU
-    machine the real GPUs, counts above the number present skipped), and the speed-up of
-    each count over one device."""
-    import jax
-
-    devices = jax.devices()
-    counts = [n for n in params["devices"] if devices[0].platform == "cpu" or n <= len(devices)]
-    worker = {k: v for k, v in params.items() if k != "devices"}
-    values: dict[str, float] = {}
-    for count in counts:
-        proc = subprocess.run(
-            [sys.executable, "-m", "analysis.bench", json.dumps(worker)],
-            capture_output=True,
-            text=True,
-            env=_device_env(count, devices[0].platform),
-            cwd=ROOT,
-            check=False,
-        )
-        if proc.returncode != 0:
-            tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise ValueError(f"the {count}-device worker failed: {tail[0]}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
-        if report["devices"] != count:
-            raise ValueError(f"the {count}-device worker saw {report['devices']} devices")
-        values[f"member_steps_per_s_{count}"] = report["member_steps_per_s"]
-        if count > 1 and "member_steps_per_s_1" in values:
-            values[f"speedup_{count}"] = (
-                report["member_steps_per_s"] / values["member_steps_per_s_1"]
-            )
-    kind = "fake CPU" if devices[0].platform == "cpu" else devices[0].device_kind
-    return values, [f"{kind} devices {counts}, {os.cpu_count()} cores"]
-
-
-PROCESS_SPEC = """\
-[sweep]
-name = "bench-process-scaling"
-study = "dynamics"
-seed = 0
-dtype = "float32"
-
-[target]
-model = "tfim"
-lx = {lx}
-ly = {ly}
-
-[network]
-kind = "decoupled"
-activation = "relu"
-depth = 1
-
-[grid]
-widths = [{width}]
-train_sizes = [{train_size}]
-lr_factors = [0.5]
-
-[ensemble]
-members = {members}
-shard_size = {shard_size}
-
-[training]
-log_points = 4
-max_steps = {max_steps}
-"""
-
-
-def measure_process_scaling(params: Mapping[str, Any]) -> Measured:
-    """Tasks/s of ``nnqs run`` of a small dynamics sweep (:data:`PROCESS_SPEC` with
-    ``params``) with the local executor at each of ``processes`` (a fresh store each
-    time, in a temporary directory): tasks over the executor's seconds
-    (:func:`jobs.executors.run_local`, as ``nnqs run --processes N`` runs it; worker
-    start-up and compilation included, store preparation not), and the speed-up of
-    each count over one process."""
-    from jobs import executors
-    from jobs.spec import load_spec
-    from jobs.sweep import open_sweep, task_states
-
-    values: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path = Path(tmp) / "bench-process-scaling.toml"
-        spec_path.write_text(PROCESS_SPEC.format(**params["spec"]))
-        spec = load_spec(spec_path)
-        for count in params["processes"]:
-            path = Path(tmp) / f"p{count}.zarr"
-            todo = task_states(open_sweep(spec, path)).todo()
-            report = executors.run_local(path, todo, count, progress=False)
-            if report.failed:
-                task, error = next(iter(report.failed.items()))
-                raise ValueError(f"process scaling: task {task} failed: {error}")
-            values[f"tasks_per_s_{count}"] = len(report.done) / report.seconds
-            if count > 1 and "tasks_per_s_1" in values:
-                values[f"speedup_{count}"] = (
-                    values[f"tasks_per_s_{count}"] / values["tasks_per_s_1"]
-                )
-    return values, [f"{len(todo)} tasks, {os.cpu_count()} cores"]
+    gigabytes = values.nbytes / 1e9
+    return {"write_gb_per_s": gigabytes / min(write), "read_gb_per_s": gigabytes / min(read)}, []
 
 
 # -- the registry ------------------------------------------------------------------
 
 _TRAINING_FULL = {"width": 1024, "members": 256, "steps": 6, "repeats": 3, "idle_timeout": 2.0}
 _TRAINING_QUICK = {"width": 128, "members": 32, "steps": 100, "repeats": 1, "idle_timeout": 0.0}
+#: the sweep of process_scaling and slurm_scaling (bench_parallel.SWEEP_SPEC)
+_SWEEP_QUICK = {
+    "lx": 2,
+    "ly": 2,
+    "width": 32,
+    "train_size": 8,
+    "members": 4,
+    "shard_size": 2,
+    "max_steps": 20,
+}
+_SWEEP_FULL = {
+    "lx": 3,
+    "ly": 3,
+    "width": 1024,
+    "train_size": 128,
+    "members": 256,
+    "shard_size": 32,
+    "max_steps": 200,
+}
+#: slurm_scaling: the cluster profile, and where the stores go (shared with the nodes)
+_SLURM = {"profile": "local", "directory": str(RECORDS_DIR)}
+_DEVICES = Scaling("strong", "devices", "member_steps_per_s")
+_PROCESSES = Scaling("strong", "processes", "tasks_per_s")
+_ARRAY_TASKS = Scaling("strong", "SLURM array tasks", "tasks_per_s")
+_WEAK = Scaling("weak", "devices", "member_steps_per_s")
 
 CASES: dict[str, Case] = {
     case.name: case
@@ -364,55 +317,129 @@ CASES: dict[str, Case] = {
         Case(
             name="zarr_io",
             measures="Zarr v3 write and read bandwidth of a chunked float64 array",
-            metrics={"write_mb_per_s": Metric("MB/s"), "read_mb_per_s": Metric("MB/s")},
+            metrics={"write_gb_per_s": Metric("GB/s"), "read_gb_per_s": Metric("GB/s")},
             quick={"shape": [1024, 1024], "chunks": [256, 256], "repeats": 1},
             full={"shape": [8192, 8192], "chunks": [1024, 1024], "repeats": 3},
             run=measure_zarr_io,
         ),
         Case(
             name="device_scaling",
-            measures="training throughput against device count, and speed-up",
-            metrics={
-                **{f"member_steps_per_s_{n}": Metric("member-steps/s") for n in (1, 2, 4)},
-                **{f"speedup_{n}": Metric("x") for n in (2, 4)},
-            },
+            measures="strong scaling over devices: training member-steps/s of a fixed "
+            "ensemble, speed-up and efficiency",
+            metrics=_DEVICES.metrics("member-steps/s", (1, 2, 4, 8)),
             quick={"devices": [1, 2], **_TRAINING_QUICK},
             full={"devices": [1, 2, 4], **_TRAINING_FULL},
-            run=measure_device_scaling,
+            gpu={"devices": [1, 2, 4, 8], **_TRAINING_FULL},
+            run=bench_parallel.measure_device_scaling,
+            scaling=_DEVICES,
         ),
         Case(
             name="process_scaling",
-            measures="nnqs run tasks/s with 1 and 2 local processes, and speed-up",
+            measures="strong scaling over local processes: nnqs run tasks/s of a small "
+            "sweep, speed-up and efficiency",
+            metrics=_PROCESSES.metrics("tasks/s", (1, 2, 4)),
+            quick={"processes": [1, 2], "spec": _SWEEP_QUICK},
+            full={"processes": [1, 2], "spec": _SWEEP_FULL},
+            run=bench_parallel.measure_process_scaling,
+            scaling=_PROCESSES,
+        ),
+        Case(
+            name="slurm_scaling",
+            measures="strong scaling over SLURM array tasks running at once: tasks/s of the "
+            "process_scaling sweep submitted as a job array, speed-up and efficiency",
+            metrics=_ARRAY_TASKS.metrics("tasks/s", (1, 2, 4)),
+            quick={"array_tasks": [1, 2], "spec": _SWEEP_QUICK, **_SLURM},
+            full={"array_tasks": [1, 2], "spec": _SWEEP_FULL, **_SLURM},
+            run=bench_parallel.measure_slurm_scaling,
+            scaling=_ARRAY_TASKS,
+        ),
+        Case(
+            name="weak_scaling",
+            measures="weak scaling over devices: training with `members` members per device, "
+            "member-steps/s, scaled speed-up and efficiency t(1, M) / t(n, n M)",
+            metrics=_WEAK.metrics("member-steps/s", (1, 2, 4, 8)),
+            quick={"devices": [1, 2], **_TRAINING_QUICK},
+            full={"devices": [1, 2, 4], **_TRAINING_FULL},
+            gpu={"devices": [1, 2, 4, 8], **_TRAINING_FULL},
+            run=bench_parallel.measure_weak_scaling,
+            scaling=_WEAK,
+        ),
+        Case(
+            name="training_scale",
+            measures="ensemble GD at M >= 4096 members, float32 and float64: member-steps/s, "
+            "GFLOP/s and the fraction of the device's peak FLOP/s",
             metrics={
-                "tasks_per_s_1": Metric("tasks/s"),
-                "tasks_per_s_2": Metric("tasks/s"),
-                "speedup_2": Metric("x"),
+                f"{metric}_w{width}_{tag}": Metric(unit)
+                for width in (64, 256, 1024, 4096)
+                for tag in bench_scale.DTYPE_TAGS.values()
+                for metric, unit in (
+                    ("member_steps_per_s", "member-steps/s"),
+                    ("gflop_per_s", "GFLOP/s"),
+                    ("peak_fraction", "fraction of peak"),
+                )
             },
             quick={
-                "processes": [1, 2],
-                "spec": {
-                    "lx": 2,
-                    "ly": 2,
-                    "width": 32,
-                    "train_size": 8,
-                    "members": 4,
-                    "shard_size": 2,
-                    "max_steps": 20,
-                },
+                "members": 16,
+                "widths": [64, 256],
+                "dtypes": ["float32", "float64"],
+                "steps": 30,
+                "repeats": 1,
             },
             full={
-                "processes": [1, 2],
-                "spec": {
-                    "lx": 3,
-                    "ly": 3,
-                    "width": 1024,
-                    "train_size": 128,
-                    "members": 256,
-                    "shard_size": 32,
-                    "max_steps": 200,
-                },
+                "members": 4096,
+                "widths": [1024, 4096],
+                "dtypes": ["float32", "float64"],
+                "steps": 3,
+                "repeats": 1,
             },
-            run=measure_process_scaling,
+            gpu={
+                "members": 4096,
+                "widths": [1024, 4096],
+                "dtypes": ["float32", "float64"],
+                "steps": 20,
+                "repeats": 3,
+            },
+            run=bench_scale.measure_training_scale,
+        ),
+        Case(
+            name="gram_full_basis",
+            measures="NTK Gram over a whole spin basis (2^N x 2^N, float64, in row tiles): "
+            "entries/s, written GB/s and the fraction of peak memory bandwidth",
+            metrics={
+                "entries_per_s": Metric("entries/s"),
+                "write_gb_per_s": Metric("GB/s"),
+                "bandwidth_fraction": Metric("fraction of peak"),
+            },
+            quick={"n_sites": 10, "tile": 256, "width": 512},
+            full={"n_sites": 16, "tile": 4096, "width": 512},
+            gpu={"n_sites": 16, "tile": 16384, "width": 512},
+            run=bench_scale.measure_gram_full_basis,
+        ),
+        Case(
+            name="time_to_solution",
+            measures="a named sweep spec from an empty store to aggregated results, seconds "
+            "(projected past a deadline)",
+            metrics={
+                "seconds": Metric("s", "lower"),
+                "projected_seconds": Metric("s", "lower"),
+                "preparation_seconds": Metric("s", "lower"),
+                "tasks_per_s": Metric("tasks/s"),
+            },
+            quick={
+                "spec": "quickstart",
+                "overrides": {
+                    "grid.widths": [32],
+                    "grid.train_sizes": [32],
+                    "ensemble.members": 8,
+                    "ensemble.shard_size": 4,
+                    "training.max_steps": 20,
+                    "training.log_points": 4,
+                },
+                "deadline_s": 120,
+            },
+            full={"spec": "paper-tfim", "overrides": {}, "deadline_s": 300},
+            gpu={"spec": "paper-tfim", "overrides": {}, "deadline_s": 240},
+            run=bench_scale.measure_time_to_solution,
         ),
     )
 }
@@ -456,9 +483,37 @@ _SLURM_JOB = (
 )
 
 
+def accelerator_info(device: Any) -> dict[str, Any]:
+    """Memory (bytes JAX may use), the runtime's version string and, on NVIDIA GPUs,
+    the driver and board from ``nvidia-smi``, of a JAX device; what is not known is left
+    out."""
+    info: dict[str, Any] = {}
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        info["memory_bytes"] = int(stats["bytes_limit"])
+    platform_version = getattr(getattr(device, "client", None), "platform_version", None)
+    if platform_version:
+        info["platform_version"] = str(platform_version)
+    if device.platform == "gpu":
+        query = "--query-gpu=name,memory.total,driver_version"
+        try:
+            smi = subprocess.run(
+                ["nvidia-smi", query, "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            info["nvidia_smi"] = smi.stdout.strip().splitlines()
+        except (OSError, subprocess.SubprocessError):
+            info["nvidia_smi"] = None
+    return info
+
+
 def system_info(name: str | None = None) -> dict[str, Any]:
     """This machine: ``name`` (default :func:`default_system_name`), CPU model, cores (of
-    the machine, and usable by this process), memory, JAX devices, and the provenance of
+    the machine, and usable by this process), memory, JAX devices (with
+    :func:`accelerator_info`), and the provenance of
     :func:`suite.store.provenance` (git commit, package versions, python, host, pid and,
     under SLURM, the job, array and step ids)."""
     import jax
@@ -468,6 +523,7 @@ def system_info(name: str | None = None) -> dict[str, Any]:
     cpu, cores = cpu_model(), os.cpu_count() or 1
     found = jax.devices()
     devices = {"platform": found[0].platform, "kind": found[0].device_kind, "count": len(found)}
+    devices |= accelerator_info(found[0])
     info = {
         "name": name or default_system_name(cpu, cores, devices),
         "cpu_model": cpu,
@@ -500,12 +556,18 @@ def _last_line(error: BaseException) -> str:
 
 
 def run_bench(
-    names: Sequence[str], size: str, system: str | None = None, progress: bool = True
+    names: Sequence[str],
+    size: str,
+    system: str | None = None,
+    progress: bool = True,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run the cases ``names`` at ``size`` (``"quick"`` or ``"full"``) here: the record.
+    """Run the cases ``names`` at ``size`` (one of :data:`SIZES`) here: the record.
 
-    A case that raises is recorded in ``errors`` (one line) and the others still run;
-    values are rounded to 4 significant digits. Progress goes to stderr.
+    ``overrides`` replaces parameters of a case (``{case: {parameter: value}}``; the
+    record holds the parameters used). A case that raises is recorded in ``errors``
+    (one line) and the others still run; values are rounded to 4 significant digits.
+    Progress goes to stderr.
     """
     clock, load_start = time.perf_counter(), os.getloadavg()
     record: dict[str, Any] = {
@@ -520,11 +582,13 @@ def run_bench(
     bar = ProgressBar(len(names), "bench", enabled=progress)
     for name in names:
         case = CASES[name]
-        params = dict(case.quick if size == "quick" else case.full)
+        params = case.parameters(size) | dict((overrides or {}).get(name, {}))
         bar.advance(0, f"{name} ...")
         start = time.perf_counter()
         try:
             values, notes = case.run(params)
+        except CaseSkipped as skip:  # noted, not an error
+            values, notes = {}, [f"skipped: {_first_line(skip)}"]
         except Exception as error:  # recorded; the other cases still run
             record["errors"][name] = f"{type(error).__name__}: {_first_line(error)}"
             values, notes = {}, []
@@ -535,6 +599,8 @@ def run_bench(
             "seconds": round(seconds, 2),
             "metrics": {m: dataclasses.asdict(case.metrics[m]) for m in values},
         }
+        if case.scaling is not None:
+            record["cases"][name]["scaling"] = dataclasses.asdict(case.scaling)
         if values:
             record["results"][name] = {m: float(f"{v:.4g}") for m, v in values.items()}
         if notes:
@@ -563,6 +629,54 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     partial.replace(path)
 
 
+#: metrics renamed since schema 1: ``case.old -> (new, factor to the new unit, new unit)``
+_RENAMED_V1 = {
+    "zarr_io.write_mb_per_s": ("write_gb_per_s", 1e-3, "GB/s"),
+    "zarr_io.read_mb_per_s": ("read_gb_per_s", 1e-3, "GB/s"),
+}
+
+
+def _upgrade_v1(record: dict[str, Any]) -> None:
+    """A schema 1 record as schema 2, in place: MB/s metrics renamed to GB/s, and the
+    scaling cases' declarations and efficiencies (``speedup_n / n``) added."""
+    for key, (new, factor, unit) in _RENAMED_V1.items():
+        case, _, old = key.partition(".")
+        if old in record["results"].get(case, {}):
+            record["results"][case][new] = record["results"][case].pop(old) * factor
+            record["cases"][case]["metrics"].pop(old, None)
+            record["cases"][case]["metrics"][new] = {"unit": unit, "better": "higher"}
+    for name, values in record["results"].items():
+        scaling = CASES[name].scaling if name in CASES else None
+        if scaling is None:
+            continue
+        record["cases"][name]["scaling"] = dataclasses.asdict(scaling)
+        for metric in [m for m in values if m.startswith("speedup_")]:
+            n = int(metric.removeprefix("speedup_"))
+            values[f"efficiency_{n}"] = float(f"{values[metric] / n:.4g}")
+            record["cases"][name]["metrics"][f"efficiency_{n}"] = {
+                "unit": "fraction",
+                "better": "higher",
+            }
+    record["schema"] = 2
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """Read a record written by :func:`run_bench` (a schema 1 record is upgraded to the
+    current schema); ``ValueError`` naming the file when it is not one."""
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"record {path}: not valid JSON: {error}") from None
+    keys = ("schema", "size", "system", "cases", "results")
+    if not isinstance(record, dict) or not all(key in record for key in keys):
+        raise ValueError(f"record {path}: not an nnqs bench record (needs {', '.join(keys)})")
+    if record["schema"] not in (1, SCHEMA):
+        raise ValueError(f"record {path}: schema {record['schema']!r}, this nnqs reads 1-{SCHEMA}")
+    if record["schema"] == 1:
+        _upgrade_v1(record)
+    return record
+
+
 def previous_record(
     records: Path, record: Mapping[str, Any], exclude: Path | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
@@ -574,9 +688,8 @@ def previous_record(
         if exclude is not None and path.resolve() == exclude.resolve():
             continue
         try:
-            other = json.loads(path.read_text())
-            same = (other["schema"], other["system"]["name"], other["size"]) == (
-                SCHEMA,
+            other = load_record(path)
+            same = (other["system"]["name"], other["size"]) == (
                 record["system"]["name"],
                 record["size"],
             )
@@ -780,10 +893,45 @@ def _check_cases(cases: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """``nnqs bench``: run, write the record, compare; the summary (stdout JSON)."""
+def _save_reference(path: Path, record: Mapping[str, Any], out: Path) -> None:
+    """``--save-reference``: ``record`` (written to ``out``) as a reference file."""
+    measured = {
+        "command": " ".join(["nnqs", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime(record["system"]["created_unix"])),
+        "record": str(out),
+        "git_commit": record["system"]["git_commit"],
+        "load_average": record["load_average"],
+    }
+    write_json(path, reference_from_record(record, measured))
+
+
+def _emit(args: argparse.Namespace, summary: dict[str, Any], failed: bool) -> dict[str, Any] | None:
+    """The human-readable table of ``summary``: on stdout with ``--format table`` (then no
+    JSON), else on stderr and the summary as JSON on stdout; exit 1 when ``failed``."""
+    title = (
+        f"nnqs bench: {summary['system']}, {summary['size']}, record {summary['record']}; "
+        f"reference {summary['reference']}; previous {summary['previous']}"
+    )
+    table = bench_report.metrics_table(summary["comparison"], summary["errors"], title)
+    if args.format == "table":
+        print(table)
+    else:
+        print(table, file=sys.stderr)
+    if failed:
+        if args.format != "table":
+            json.dump(summary, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        raise SystemExit(1)
+    return None if args.format == "table" else summary
+
+
+def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``nnqs bench``: run, write the record, compare; the summary (a table on stderr, and
+    JSON on stdout; or the table alone on stdout)."""
     names = _check_cases(args.cases)
-    size = "quick" if args.quick else "full"
+    if args.quick and args.size not in (None, "quick"):
+        raise ValueError(f"--quick and --size {args.size} contradict each other")
+    size = "quick" if args.quick else args.size or "full"
     if args.system is not None and not _SYSTEM_NAME.match(args.system):
         raise ValueError(f"--system: {args.system!r} must be lower-case letters, digits, . _ -")
     reference_path = Path(args.reference) if args.reference else None
@@ -831,20 +979,35 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         "comparison": comparison["metrics"],
     }
     if args.save_reference:
-        measured = {
-            "command": " ".join(["nnqs", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%d", time.gmtime(record["system"]["created_unix"])),
-            "record": str(out),
-            "git_commit": record["system"]["git_commit"],
-            "load_average": record["load_average"],
-        }
-        write_json(Path(args.save_reference), reference_from_record(record, measured))
+        _save_reference(Path(args.save_reference), record, out)
         summary["reference_saved"] = args.save_reference
-    if args.fail_on_regression and (comparison["regressions"] or record["errors"]):
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        raise SystemExit(1)
-    return summary
+    failed = args.fail_on_regression and bool(comparison["regressions"] or record["errors"])
+    return _emit(args, summary, failed)
+
+
+def _load_records(*paths: str) -> list[dict[str, Any]]:
+    """The records at ``paths`` (:func:`load_record`), each path's file checked first."""
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"no record file {path}")
+    return [load_record(Path(path)) for path in paths]
+
+
+def _cmd_compare(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``nnqs bench compare A B``: B against A per metric; a table, or JSON (``--json``)."""
+    a, b = _load_records(args.a, args.b)
+    comparison = bench_report.compare_records(a, b, names=(args.a, args.b))
+    if args.json:
+        return comparison
+    print(bench_report.compare_table(comparison))
+    return None
+
+
+def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    """``nnqs bench report RECORD``: scaling tables (Markdown) and figure in ``--out``."""
+    (record,) = _load_records(args.record)
+    out = Path(args.out) if args.out else Path(args.record).with_suffix(".report")
+    return bench_report.write_scaling_report(record, out, source=args.record)
 
 
 def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
@@ -853,7 +1016,12 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
         "bench",
         help="performance suite: a JSON record, compared with references and earlier records",
     )
-    bench.add_argument("--quick", action="store_true", help="the small sizes (tests)")
+    bench.add_argument("--quick", action="store_true", help="the small sizes (--size quick)")
+    bench.add_argument(
+        "--size",
+        choices=SIZES,
+        help="quick: seconds (tests); full: a real run here (default); gpu: one modern GPU",
+    )
     bench.add_argument(
         "--cases", nargs="+", metavar="NAME", help=f"cases to run (default all: {', '.join(CASES)})"
     )
@@ -882,20 +1050,34 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write this run's figures as a reference file (tolerance -50%%, no upper)",
     )
+    bench.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="json: the summary as JSON on stdout, the table on stderr (default); "
+        "table: the table alone on stdout",
+    )
     bench.set_defaults(run=_cmd_bench)
+    _add_record_commands(bench)
     return bench
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """The device-scaling worker: :func:`measure_training` on all visible devices."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("params", help="measure_training's parameters, as JSON")
-    args = parser.parse_args(argv)
-    import jax
-
-    values, _ = measure_training(json.loads(args.params))
-    print(json.dumps({**values, "devices": len(jax.devices())}))
-
-
-if __name__ == "__main__":
-    main()
+def _add_record_commands(bench: argparse.ArgumentParser) -> None:
+    """``nnqs bench compare A B`` and ``nnqs bench report RECORD`` (records already made;
+    the options of ``nnqs bench`` itself apply to a run only)."""
+    commands = bench.add_subparsers(
+        dest="bench_command", metavar="{compare,report}", title="on records already made"
+    )
+    compare_parser = commands.add_parser(
+        "compare", help="two records (any systems) metric by metric: B / A, better or worse"
+    )
+    compare_parser.add_argument("a", metavar="A.json", help="the record compared against")
+    compare_parser.add_argument("b", metavar="B.json", help="the record compared")
+    compare_parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    compare_parser.set_defaults(run=_cmd_compare)
+    report = commands.add_parser(
+        "report", help="scaling cases of a record: efficiency tables (Markdown) and a figure"
+    )
+    report.add_argument("record", metavar="RECORD.json")
+    report.add_argument("--out", help="output folder (default RECORD.report next to it)")
+    report.set_defaults(run=_cmd_report)

@@ -12,12 +12,16 @@
   convergence rates ``1 - eta lambda / B``);
 * :func:`deviation_figure`: the largest deviation from infinite width against
   width, log-log, with the fitted exponent.
+* :func:`scaling_figure`: speed-up and parallel efficiency against workers of the
+  scaling cases of an ``nnqs bench`` record, with the ideal lines.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,7 +84,7 @@ def total_losses(store: SweepStore, rate: int = 0) -> dict[str, np.ndarray]:
     """Total (whole-basis) mean-of-losses at the last step: finite per width, NTK at that
     step and at t = inf; each ``(train_size, ...)``."""
     sizes = store.read("train_size").astype(float)
-    dimension = store.read("phi").size
+    dimension = store.array("phi").shape[0]
     weight = sizes / dimension
 
     def total(train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -191,4 +195,29 @@ def entanglement_figure(store: SweepStore) -> Figure:
         axis.set_ylabel("entropy (nats)")
         axis.set_title(name)
     axes[0, 0].legend(fontsize=8)
+    return figure
+
+
+def scaling_figure(tables: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Speed-up and parallel efficiency against workers, one line per scaling case of an
+    ``nnqs bench`` record (:func:`analysis.bench_report.scaling_tables`), with the ideal
+    (speed-up = workers, efficiency = 1) dashed; weak scaling shows the scaled speed-up."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    most = max(row["workers"] for table in tables.values() for row in table["rows"])
+    ideal = np.arange(1, most + 1)
+    left.plot(ideal, ideal, "k--", lw=1, label="ideal")
+    right.plot(ideal, np.ones_like(ideal), "k--", lw=1, label="ideal")
+    for case, table in tables.items():
+        rows = [r for r in table["rows"] if r["speedup"] is not None]
+        workers = [r["workers"] for r in rows]
+        label = f"{case} ({table['kind']}, {table['workers']})"
+        left.plot(workers, [r["speedup"] for r in rows], "o-", label=label)
+        right.plot(workers, [r["efficiency"] for r in rows], "o-", label=label)
+    left.set_ylabel("speed-up (weak: scaled speed-up)")
+    right.set_ylabel("parallel efficiency = speed-up / workers")
+    right.set_ylim(bottom=0)
+    for axis in (left, right):
+        axis.set_xlabel("workers (devices, processes or array tasks)")
+        axis.set_xticks(ideal)
+    left.legend(fontsize=8)
     return figure

@@ -24,7 +24,9 @@ from jobs.studies import CURVES
 from suite.store import SweepStore
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table: ``header``, then ``rows`` (floats to 4 significant digits)."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "nan" if np.isnan(value) else f"{value:.4g}"
@@ -61,7 +63,7 @@ def _dynamics(store: SweepStore, out: Path) -> list[str]:
                 rows = [
                     [width, *deviations[t, r, w, c, 1:].tolist()] for w, width in enumerate(widths)
                 ]
-                lines += [*_table(["width", *map(str, steps[1:])], rows), ""]
+                lines += [*markdown_table(["width", *map(str, steps[1:])], rows), ""]
             largest = np.nanmax(deviations[t, r, :, :, 1:], axis=-1)  # (W, curve)
             rows = [[width, *largest[w].tolist()] for w, width in enumerate(widths)]
             if len(widths) > 1:
@@ -69,7 +71,7 @@ def _dynamics(store: SweepStore, out: Path) -> list[str]:
                     ["exponent", *(width_exponent(widths, largest[:, c]) for c in range(4))]
                 )
             lines += ["Largest deviation over steps >= 1, and its exponent against width:", ""]
-            lines += [*_table(["width", *CURVES], rows), ""]
+            lines += [*markdown_table(["width", *CURVES], rows), ""]
             lines += _image(
                 figures.save(figures.deviation_figure(widths, largest), out, f"deviation-{tag}"),
                 out,
@@ -82,7 +84,7 @@ def _dynamics(store: SweepStore, out: Path) -> list[str]:
             [int(size), *losses["finite"][t].tolist(), losses["infinite_last_step"][t]]
             for t, size in enumerate(losses["train_size"])
         ]
-        lines += [*_table(["B", *(f"width {w}" for w in widths), "NTK"], rows), ""]
+        lines += [*markdown_table(["B", *(f"width {w}" for w in widths), "NTK"], rows), ""]
         lines += _image(figures.save(figures.final_loss_figure(store), out, "fig3"), out, "Fig. 3")
     lines += ["## QS-NTK spectra on the train sets", ""]
     lines += _image(figures.save(figures.spectra_figure(store), out, "spectra"), out, "Spectra")
@@ -103,7 +105,7 @@ def _entanglement(store: SweepStore, out: Path) -> list[str]:
             rows.append([width, *page_gap.tolist(), *gp_gap.tolist()])
         header = ["width", *(f"S_vN/Page-1, N_A={c}" for c in cuts)]
         header += [f"S_2-GP, N_A={c}" for c in cuts]
-        lines += [f"### {name}", "", *_table(header, rows), ""]
+        lines += [f"### {name}", "", *markdown_table(header, rows), ""]
     return lines
 
 
@@ -115,7 +117,7 @@ def _kernels(store: SweepStore, out: Path) -> list[str]:
     if len(widths) > 1:
         rows.append(["exponent", width_exponent(widths, members), width_exponent(widths, mean)])
     lines = ["## Empirical QS-NTK against the infinite-width kernel", ""]
-    lines += _table(["width", "mean member distance", "distance of the mean kernel"], rows)
+    lines += markdown_table(["width", "mean member distance", "distance of the mean kernel"], rows)
     lines += ["", "## QS-NTK spectra on the train sets", ""]
     lines += _image(figures.save(figures.spectra_figure(store), out, "spectra"), out, "Spectra")
     return lines

@@ -27,7 +27,7 @@ from suite.supervised import (
     Problem,
     TargetScale,
     convergence_step,
-    infinite_width_curves,
+    infinite_width_curve_sets,
     log_steps,
     scale_target,
     split_problem,
@@ -166,9 +166,14 @@ def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str,
     step = convergence_step(problem, learning_rate, study.tolerance)
     max_step = step if study.max_steps is None else min(step, study.max_steps)
     steps = log_steps(max_step, study.log_points)
-    continuous = infinite_width_curves(problem, learning_rate, steps, discrete=False)
-    discrete = infinite_width_curves(problem, learning_rate, steps, discrete=True)
-    limit = infinite_width_curves(problem, learning_rate, np.asarray([np.inf]), discrete=False)
+    continuous, discrete, limit = infinite_width_curve_sets(
+        problem,
+        [
+            (learning_rate, steps, False),
+            (learning_rate, steps, True),
+            (learning_rate, np.asarray([np.inf]), False),
+        ],
+    )
     say(
         f"target {summary['name']}: eta_max {eta_max:.4g}, converged at step {step}, "
         f"logging {len(steps)} steps up to {max_step}"
@@ -214,8 +219,10 @@ def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str,
         sized = _problem(study, target, size)
         rate = study.lr_factor * sized.eta_max
         at_end = np.asarray([float(max_step)])
-        for key, times in (("infinite_t_final", at_end), ("infinite_t_inf", np.asarray([np.inf]))):
-            curves = infinite_width_curves(sized, rate, times, discrete=False)
+        at_end_and_inf = infinite_width_curve_sets(
+            sized, [(rate, at_end, False), (rate, np.asarray([np.inf]), False)]
+        )
+        for key, curves in zip(("infinite_t_final", "infinite_t_inf"), at_end_and_inf, strict=True):
             final[key].append(_total_loss(curves, size, sized.phi.size))
         for width in study.widths:
             curves = finite_curves(study, sized, width, rate, np.asarray([0, max_step]))

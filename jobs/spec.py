@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from suite import targets
+from suite.supervised import ROW_BLOCK_ELEMENTS
+from suite.training import BLOCK_ELEMENTS
 
 STUDIES = ("dynamics", "entanglement", "kernels")
 DTYPES = ("float32", "float64")
@@ -377,12 +379,21 @@ def _check_study(check: _Checker, spec: SweepSpec, data: dict[str, Any]) -> None
 
 def target_dimension(spec: SweepSpec) -> int:
     """Dimension of the target's basis (no diagonalisation)."""
-    return targets.basis_of(targets.make_spec(**spec.target)).dimension
+    return _basis(spec).dimension
 
 
 # ---------------------------------------------------------------------------------------
 # memory estimate
 # ---------------------------------------------------------------------------------------
+
+
+#: resident memory of an nnqs process besides its arrays: Python, NumPy, JAX and XLA, and
+#: compiling its programs (measured here: 0.30 GiB after the imports, 0.62 GiB for a task
+#: whose own arrays take under 0.2 GiB, 0.65-0.68 GiB in a pool worker after 8 such tasks)
+BASELINE_BYTES = 640 << 20
+#: what a process keeps of each compiled training program: an in-process run of many grid
+#: points holds up to 32 (``suite.training`` caches them; measured 0.35 GiB for 16)
+PROGRAM_BYTES = 24 << 20
 
 
 def available_memory_bytes() -> int:
@@ -397,43 +408,157 @@ def available_memory_bytes() -> int:
 
 
 def shard_memory_bytes(spec: SweepSpec) -> int:
-    """Rough peak memory of one shard's work (bytes): the largest arrays it holds at once.
+    """Rough peak memory (bytes) of the process that runs one task.
 
-    dynamics / kernels: per member two networks' parameters, their gradients and the
-    hidden activations on the basis (``D x width``) in the training dtype, plus the
-    shard's sums ``5 x steps x D`` (float64); entanglement: the members' amplitudes and
-    hidden activations on ``2**n_sites`` configurations.
+    dynamics (the engine of ``suite.training``): the members' parameters three times
+    (state, gradients, update) in the training dtype; per lane (two per core) the block
+    intermediates the engine bounds by ``suite.training.BLOCK_ELEMENTS`` elements (per
+    hidden layer: pre-activations, ``act'(z) r``, ``act(z)``); the per-block sums of one
+    evaluation and the shard's sums ``5 x steps x D`` (float64: on device, on the host,
+    encoded); the basis inputs; the compiled programs of the grid points a process may
+    run in turn (:data:`PROGRAM_BYTES` each). kernels: one member's Jacobian on the
+    largest train set and the ``2B x 2B`` kernels. entanglement: the members' amplitudes
+    and hidden activations on ``2**n_sites`` configurations. Each plus
+    :data:`BASELINE_BYTES`.
     """
     width = max(spec.grid.widths)
     members = spec.ensemble.shard_size
     if spec.sweep.study == "entanglement":
         dimension = 2**spec.entanglement.n_sites
-        return 8 * members * dimension * (width + 4)
+        return BASELINE_BYTES + 8 * members * dimension * (width + 4)
     itemsize = 4 if spec.sweep.dtype == "float32" else 8
-    dimension = target_dimension(spec)
-    in_dim = _input_dimension(spec)
-    depth = spec.network.depth
+    basis = _basis(spec)
+    dimension, in_dim, depth = basis.dimension, basis.n_sites, spec.network.depth
     parameters = 2 * (width * (in_dim + 2) + (depth - 1) * width * (width + 1))
-    activations = 2 * dimension * width * depth
-    per_member = itemsize * (3 * parameters + 2 * activations)
-    sums = 8 * 5 * (spec.training.log_points + 1) * dimension
-    return members * per_member + sums
+    train = max(spec.grid.train_sizes)
+    if spec.sweep.study == "kernels":
+        return BASELINE_BYTES + 8 * (2 * train * parameters + 4 * (2 * train) ** 2)
+    per_unit = 2 * width  # the engine's block arithmetic (suite.training._layout)
+    chunk = max(1, min(train, BLOCK_ELEMENTS // per_unit))
+    blocks = -(-members // max(1, BLOCK_ELEMENTS // (per_unit * chunk)))
+    intermediates = 3 * depth * 2 * _cores() * BLOCK_ELEMENTS * itemsize
+    sums = 8 * 5 * dimension * (blocks + 3 * (spec.training.log_points + 1))
+    inputs = 32 * dimension * (in_dim + 2)
+    programs = PROGRAM_BYTES * min(32, _grid_points(spec))
+    arrays = 3 * itemsize * members * parameters + intermediates + sums + inputs
+    return BASELINE_BYTES + programs + arrays
+
+
+def preparation_memory_bytes(spec: SweepSpec) -> int:
+    """Rough peak memory (bytes) of the process that creates the store (jobs.studies).
+
+    dynamics / kernels: the target (sparse Hamiltonian, Krylov vectors, inputs: about
+    ``24 (n_sites + 8)`` bytes a state); one supervised problem at a time, the largest:
+    its NNGP and NTK blocks between the basis and the train set, ``2 x 4 x D x B``
+    float64, and the Gram's integer index; the train-set QS-NTK's eigendecomposition and
+    the products of the set losses, ``(2B)^2`` float64 several times, and their row
+    blocks (``suite.supervised.ROW_BLOCK_ELEMENTS``, theory.md §5); the Gram tiles in
+    flight (a few per core; ``D x D`` tiles with ``kernels.full``). entanglement: the
+    closed-form GP estimate is ``O(n_sites)``. Each plus :data:`BASELINE_BYTES`.
+    """
+    if spec.sweep.study == "entanglement":
+        return BASELINE_BYTES
+    basis = _basis(spec)
+    dimension, train = basis.dimension, max(spec.grid.train_sizes)
+    target = 24 * dimension * (basis.n_sites + 8)
+    problem = 72 * dimension * train
+    rows = min(ROW_BLOCK_ELEMENTS, 4 * dimension * train)
+    train_algebra = 8 * 8 * ((2 * train) ** 2 + rows)
+    tile = min(dimension, spec.kernels.block)
+    columns = max(train, tile) if spec.kernels.full else train
+    tiles = 4 * 8 * _cores() * tile * columns
+    return BASELINE_BYTES + target + problem + train_algebra + tiles
+
+
+def aggregation_memory_bytes(spec: SweepSpec) -> int:
+    """Rough peak memory (bytes) of aggregating (analysis.aggregate), in the process that
+    runs the Dask threads: :func:`aggregation_threads` grid points at once, each holding
+    its members' results and (dynamics) its shards' sums accumulated one shard at a time,
+    with the estimators of ``suite.training.summarize``: about 25 ``steps x D`` float64
+    arrays; (kernels) the ``2B x 2B`` kernel sums. Plus :data:`BASELINE_BYTES`.
+    """
+    threads = min(aggregation_threads(), _grid_points(spec))
+    members, steps = spec.ensemble.members, spec.training.log_points + 1
+    if spec.sweep.study == "entanglement":
+        per_point = 3 * 8 * members * (spec.entanglement.n_sites + 2)
+    elif spec.sweep.study == "kernels":
+        per_point = 3 * 8 * (2 * max(spec.grid.train_sizes)) ** 2 + 8 * members
+    else:
+        per_point = 25 * 8 * steps * _basis(spec).dimension + 2 * 2 * 8 * members * steps
+    return BASELINE_BYTES + threads * per_point
+
+
+#: each phase's estimate and what it is called
+PHASES = {
+    "preparation": (preparation_memory_bytes, "preparing the store"),
+    "shard": (shard_memory_bytes, "a shard"),
+    "aggregation": (aggregation_memory_bytes, "aggregating a grid point"),
+}
+#: the field that lowers each phase's memory, per study
+LOWERED_BY = {
+    ("preparation", "dynamics"): "grid.train_sizes",
+    ("preparation", "kernels"): "grid.train_sizes",
+    ("preparation", "entanglement"): "entanglement.n_sites",
+    ("shard", "dynamics"): "ensemble.shard_size",
+    ("shard", "kernels"): "grid.widths",
+    ("shard", "entanglement"): "ensemble.shard_size",
+    ("aggregation", "dynamics"): "training.log_points",
+    ("aggregation", "kernels"): "grid.train_sizes",
+    ("aggregation", "entanglement"): "ensemble.members",
+}
+
+
+def memory_estimates(spec: SweepSpec) -> dict[str, int]:
+    """Rough peak memory (bytes) of each phase: ``preparation``, ``shard``, ``aggregation``."""
+    return {name: estimate(spec) for name, (estimate, _) in PHASES.items()}
 
 
 def check_memory(spec: SweepSpec, available: int | None = None) -> None:
-    """Refuse a sweep whose shard would not fit in ``available`` bytes (default: this host)."""
+    """Refuse a sweep whose most demanding phase (creating the store, a shard, aggregating;
+    :func:`memory_estimates`) would not fit in ``available`` bytes (default: this host).
+
+    The message names that phase and the field that lowers it.
+    """
     available = available_memory_bytes() if available is None else available
-    needed = shard_memory_bytes(spec)
-    if needed > available:
-        raise SpecError(
-            f"spec {spec.source}: ensemble.shard_size: a shard needs about "
-            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-            "lower ensemble.shard_size or grid.widths"
-        )
+    estimates = memory_estimates(spec)
+    name = max(estimates, key=estimates.__getitem__)
+    needed = estimates[name]
+    if needed <= available:
+        return
+    field_name = LOWERED_BY[name, spec.sweep.study]
+    both = field_name == "ensemble.shard_size"
+    lower = f"{field_name} or grid.widths" if both else field_name
+    raise SpecError(
+        f"spec {spec.source}: {field_name}: {PHASES[name][1]} needs about "
+        f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
+        f"lower {lower}"
+    )
 
 
-def _input_dimension(spec: SweepSpec) -> int:
-    return targets.basis_of(targets.make_spec(**spec.target)).inputs().shape[1]
+def aggregation_threads() -> int:
+    """Grid points the in-process Dask aggregation works on at once (analysis.aggregate)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _basis(spec: SweepSpec) -> Any:
+    return targets.basis_of(targets.make_spec(**spec.target))
+
+
+def _grid_points(spec: SweepSpec) -> int:
+    """Number of grid points (as jobs.studies.grid_axes, whose module imports this one)."""
+    grid = spec.grid
+    if spec.sweep.study == "dynamics":
+        return len(grid.train_sizes) * len(grid.lr_factors) * len(grid.widths)
+    if spec.sweep.study == "entanglement":
+        return len(grid.architectures) * len(grid.widths)
+    return len(grid.widths)
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from jobs.dynamics import mlp_nnqs
 from jobs.entanglement import EntanglementStudy, gp_renyi2
 from jobs.spec import SweepSpec
 from suite import networks
+from suite.dynamics import TrainSpectrum
 from suite.entanglement import ensemble_entanglement, haar_purity, page_entropy
 from suite.kernels.blocked import store_gram
 from suite.kernels.empirical import empirical_qs_ntk
@@ -40,7 +41,7 @@ from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import (
     Problem,
     convergence_step,
-    infinite_width_curves,
+    infinite_width_curve_sets,
     log_steps,
     scale_target,
     split_problem,
@@ -153,29 +154,43 @@ def dynamics_nnqs(spec: SweepSpec, width: int) -> networks.NNQS:
     return mlp_nnqs(net.kind, net.activation, net.depth, width)
 
 
-def _problems(spec: SweepSpec) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
-    """Inputs, the scaled target and one supervised problem per train size."""
+def _basis(spec: SweepSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The basis inputs and the scaled target ``phi``."""
     target = build_target(make_spec(**spec.target))
-    phi = scale_target(target.psi, spec.training.target_scale)
+    return target.inputs, scale_target(target.psi, spec.training.target_scale)
+
+
+def _problem(
+    spec: SweepSpec,
+    inputs: np.ndarray,
+    phi: np.ndarray,
+    t: int,
+    spectrum: TrainSpectrum | None = None,
+) -> Problem:
+    """The supervised problem of train size ``t`` (``spectrum``: its train-set spectrum
+    when known from an earlier pass).
+
+    A problem holds ``O(D B)`` infinite-width kernels: the layouts build one at a time
+    and let it go (``del``) before building the next, so that only the largest is ever
+    held, not all of them.
+    """
     nnqs = dynamics_nnqs(spec, spec.grid.widths[0])  # infinite-width maps ignore the width
-    problems = [
-        split_problem(nnqs, target.inputs, phi, size, spec.sweep.seed)
-        for size in spec.grid.train_sizes
-    ]
-    return target.inputs, phi, problems
+    size = spec.grid.train_sizes[t]
+    return split_problem(nnqs, inputs, phi, size, spec.sweep.seed, spectrum)
 
 
 def _train_sets(
-    spec: SweepSpec, inputs: np.ndarray, problems: list[Problem]
+    spec: SweepSpec, inputs: np.ndarray, trains: list[np.ndarray], blocks: list[np.ndarray]
 ) -> tuple[list[ArraySpec], dict[str, np.ndarray], list[Any]]:
-    """Per train size: its mask, its QS-NTK spectrum and ``Theta(basis, train)`` (Dask tiles)."""
+    """Per train size (its points and ``2B x 2B`` QS-NTK block): its mask, its QS-NTK
+    spectrum and ``Theta(basis, train)`` (Dask tiles)."""
     dimension = inputs.shape[0]
-    n_t, b_max = len(problems), max(spec.grid.train_sizes)
+    n_t, b_max = len(trains), max(spec.grid.train_sizes)
     spectra = np.full((n_t, 2 * b_max), NAN)
     masks = np.zeros((n_t, dimension), dtype=bool)
-    for t, problem in enumerate(problems):
-        spectra[t, : 2 * problem.train.size] = np.linalg.eigvalsh(problem.train_ntk_block)
-        masks[t, problem.train] = True
+    for t, (train, block) in enumerate(zip(trains, blocks, strict=True)):
+        spectra[t, : 2 * train.size] = np.linalg.eigvalsh(block)
+        masks[t, train] = True
     arrays = [
         _array("train_mask", {"train_size": n_t, "basis": dimension}, (n_t, dimension), "|b1"),
         _array("ntk_spectrum", {"train_size": n_t, "eigen": 2 * b_max}, (n_t, 2 * b_max)),
@@ -187,8 +202,8 @@ def _train_sets(
     ]
     nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
     grams = [
-        ("ntk_basis_train", (t, b), _kernel_block(nnqs, 1, block), inputs, inputs[problem.train])
-        for t, problem in enumerate(problems)
+        ("ntk_basis_train", (t, b), _kernel_block(nnqs, 1, block), inputs, inputs[train])
+        for t, train in enumerate(trains)
         for b, block in enumerate(BLOCKS)
     ]
     return arrays, {"train_mask": masks, "ntk_spectrum": spectra}, grams
@@ -201,17 +216,23 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
     infinite-width convergence step of any (train size, learning rate), capped by
     ``training.max_steps``.
     """
-    inputs, phi, problems = _problems(spec)
+    inputs, phi = _basis(spec)
     dimension, n_sites = inputs.shape
     n_t, n_r, n_w = (len(v) for v in grid_axes(spec).values())
-    eta_max = np.array([p.eta_max for p in problems])
-    rates = eta_max[:, None] * np.asarray(spec.grid.lr_factors)[None, :]
-    converged = np.array(
-        [
-            [convergence_step(p, r, spec.training.tolerance) for r in row]
-            for p, row in zip(problems, rates, strict=True)
-        ]
-    )
+    factors = np.asarray(spec.grid.lr_factors)
+    # first pass: learning rates and convergence steps (they fix the logged steps)
+    eta_max, converged, trains, blocks, spectra = [], [], [], [], []
+    for t in range(n_t):
+        problem = _problem(spec, inputs, phi, t)
+        spectra.append(problem.spectrum)
+        eta_max.append(problem.eta_max)
+        rate = eta_max[-1] * factors
+        converged.append([convergence_step(problem, r, spec.training.tolerance) for r in rate])
+        trains.append(problem.train)
+        blocks.append(problem.train_ntk_block)
+        del problem
+    eta_max, converged = np.array(eta_max), np.array(converged)
+    rates = eta_max[:, None] * factors[None, :]
     last = int(converged.max())
     if spec.training.max_steps:
         last = min(last, spec.training.max_steps)
@@ -223,17 +244,21 @@ def dynamics_layout(spec: SweepSpec) -> Layout:
     continuous = np.full((n_t, n_r, len(CURVES), n_l), NAN)
     discrete = np.full_like(continuous, NAN)
     at_infinity = np.full((n_t, n_r, len(CURVES)), NAN)
-    for t, (problem, row) in enumerate(zip(problems, rates, strict=True)):
-        for r, rate in enumerate(row):
-            for out, times, is_discrete in (
-                (continuous, steps, False),
-                (discrete, steps, True),
-            ):
-                curves = infinite_width_curves(problem, rate, times, discrete=is_discrete)
-                out[t, r] = [getattr(curves, name) for name in CURVES]
-            limit = infinite_width_curves(problem, rate, np.asarray([np.inf]), discrete=False)
+    # second pass: the curves at the logged steps, one pass over the basis per train size
+    infinity = np.asarray([np.inf])
+    for t in range(n_t):
+        problem = _problem(spec, inputs, phi, t, spectra[t])
+        modes = ((steps, False), (steps, True), (infinity, False))
+        schedules = [(rate, times, mode) for rate in rates[t] for times, mode in modes]
+        curves = iter(infinite_width_curve_sets(problem, schedules))
+        del problem
+        for r in range(n_r):
+            for out in (continuous, discrete):
+                values = next(curves)
+                out[t, r] = [getattr(values, name) for name in CURVES]
+            limit = next(curves)
             at_infinity[t, r] = [getattr(limit, name)[0] for name in CURVES]
-    train_arrays, train_values, grams = _train_sets(spec, inputs, problems)
+    train_arrays, train_values, grams = _train_sets(spec, inputs, trains, blocks)
     coords, initial = _coordinates(spec)
     for name, values in (
         ("step", steps),
@@ -461,7 +486,13 @@ def kernels_layout(spec: SweepSpec) -> Layout:
     ``nngp`` when ``kernels.full``. A task's members get the empirical QS-NTK on the
     train set of the largest train size.
     """
-    inputs, _, problems = _problems(spec)
+    inputs, phi = _basis(spec)
+    trains, blocks = [], []
+    for t in range(len(spec.grid.train_sizes)):
+        problem = _problem(spec, inputs, phi, t)
+        trains.append(problem.train)
+        blocks.append(problem.train_ntk_block)
+        del problem
     dimension = inputs.shape[0]
     n_w, b_max = len(spec.grid.widths), max(spec.grid.train_sizes)
     n_m, size = spec.ensemble.members, spec.ensemble.shard_size
@@ -474,8 +505,7 @@ def kernels_layout(spec: SweepSpec) -> Layout:
         array, data = _coordinate(name, values)
         coords.append(array)
         initial[name] = data
-    train_arrays, train_values, grams = _train_sets(spec, inputs, problems)
-    largest = problems[int(np.argmax(spec.grid.train_sizes))]
+    train_arrays, train_values, grams = _train_sets(spec, inputs, trains, blocks)
     arrays = [
         *coords,
         *train_arrays,
@@ -490,7 +520,9 @@ def kernels_layout(spec: SweepSpec) -> Layout:
         _array("mean_empirical_deviation", {"width": n_w}, (1,)),
         _array("deviation_of_mean_kernel", {"width": n_w}, (1,)),
     ]
-    initial.update(train_values, inputs=inputs, ntk_train=largest.train_ntk_block)
+    initial.update(
+        train_values, inputs=inputs, ntk_train=blocks[int(np.argmax(spec.grid.train_sizes))]
+    )
     full_arrays, full_grams = _full_grams(spec, inputs)
     return Layout(arrays + full_arrays, initial, {}, grams + full_grams)
 

@@ -8,6 +8,7 @@ of the losses, Eq. 17/18) of an NNQS trained by full-batch gradient descent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,9 +16,12 @@ import numpy as np
 
 from suite.dynamics import (
     NNQSPrediction,
+    RowBlock,
+    TrainSpectrum,
+    gd_filters,
     max_learning_rate,
     predict_nnqs,
-    predicted_losses,
+    set_loss_sums,
     train_spectrum,
 )
 from suite.kernels.gram import diagonal, gram
@@ -25,6 +29,9 @@ from suite.kernels.qsntk import PairKernel
 from suite.networks import NNQS
 
 TargetScale = Literal["unit-norm", "unit-rms"]
+#: elements of one block of stacked kernel rows (``2 x points x 2B``) in the set losses:
+#: 16 MB of float64, so a set of any size costs a few such blocks of memory
+ROW_BLOCK_ELEMENTS = 1 << 21
 
 
 def split_basis(dimension: int, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +73,17 @@ def _rows(blocks: PairKernel, rows: np.ndarray) -> PairKernel:
     return PairKernel(*(np.asarray(block)[rows] for block in blocks))
 
 
+def _stacked(blocks: PairKernel) -> np.ndarray:
+    """``[[uu, uv], [vu, vv]]``: the real kernel of the stacked outputs ``(u, v)``."""
+    return np.block([[blocks.uu, blocks.uv], [blocks.vu, blocks.vv]])
+
+
 @dataclass(frozen=True)
 class Problem:
-    """A supervised-learning problem: inputs, target, split, and its infinite-width kernels."""
+    """A supervised-learning problem: inputs, target, split, and its infinite-width kernels.
+
+    ``spectrum`` is the eigendecomposition of :attr:`train_ntk_block`.
+    """
 
     inputs: np.ndarray
     phi: np.ndarray
@@ -77,18 +92,53 @@ class Problem:
     nngp: PairKernel  # K(basis, train) blocks, (D, B)
     ntk: PairKernel  # Theta(basis, train) blocks, (D, B)
     nngp_diagonal: PairKernel  # K(x, x) blocks, (D,)
+    spectrum: TrainSpectrum
 
     @property
     def train_ntk_block(self) -> np.ndarray:
         """The ``2B x 2B`` block QS-NTK of ``(u, v)`` on the train set (theory.md §4)."""
-        ntk = _rows(self.ntk, self.train)
-        return np.block([[ntk.uu, ntk.uv], [ntk.vu, ntk.vv]])
+        return _stacked(_rows(self.ntk, self.train))
 
     @property
     def eta_max(self) -> float:
         """``2B / lambda_max`` of :attr:`train_ntk_block` (theory.md §5)."""
         # 2B rows, loss normalised by B
-        return max_learning_rate(train_spectrum(self.train_ntk_block)) / 2
+        return max_learning_rate(self.spectrum) / 2
+
+    def _row_blocks(self, points: np.ndarray) -> Iterator[RowBlock]:
+        """The stacked real rows (u rows, then v rows) of ``points``, a few at a time."""
+        size = max(1, ROW_BLOCK_ELEMENTS // (4 * self.train.size))
+        for start in range(0, points.size, size):
+            chunk = points[start : start + size]
+            ntk, nngp = _rows(self.ntk, chunk), _rows(self.nngp, chunk)
+            diagonal = _rows(self.nngp_diagonal, chunk)
+            phi = self.phi[chunk]
+            yield RowBlock(
+                _stacked(ntk),
+                _stacked(nngp),
+                np.concatenate([diagonal.uu, diagonal.vv]),
+                np.concatenate([phi.real, phi.imag]),
+            )
+
+    def filters(self, learning_rate: float, steps: np.ndarray, discrete: bool) -> np.ndarray:
+        """``(2B, T)`` GD filters of the train QS-NTK at ``steps`` (:func:`gd_filters`)."""
+        return gd_filters(self.spectrum, learning_rate, steps, discrete, int(self.train.size))
+
+    def losses(self, filters: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Infinite-width loss of the mean (Eq. 16) and mean of the losses (Eq. 17/18) on
+        ``points`` for each column of ``filters`` (:meth:`filters`), ``(T,)`` each
+        (theory.md §5; :func:`suite.dynamics.set_loss_sums`: one pass over the points)."""
+        if points.size == 0:
+            return np.full(filters.shape[1], np.nan), np.full(filters.shape[1], np.nan)
+        error, variance = set_loss_sums(
+            self.spectrum,
+            _stacked(_rows(self.nngp, self.train)),
+            np.concatenate([self.phi[self.train].real, self.phi[self.train].imag]),
+            self._row_blocks(points),
+            filters,
+        )
+        loss_of_mean = error / points.size
+        return loss_of_mean, loss_of_mean + variance / points.size
 
     def predict(
         self, learning_rate: float, steps: np.ndarray, discrete: bool, test: bool = True
@@ -113,21 +163,38 @@ class Problem:
 
 
 def make_problem(
-    nnqs: NNQS, inputs: np.ndarray, phi: np.ndarray, train: np.ndarray, test: np.ndarray
+    nnqs: NNQS,
+    inputs: np.ndarray,
+    phi: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    spectrum: TrainSpectrum | None = None,
 ) -> Problem:
-    """The infinite-width kernels of ``nnqs`` between the basis and the train set."""
-    nngp, ntk = gram(nnqs.infinite, inputs, inputs[train])
-    nngp_diagonal = diagonal(nnqs.infinite, inputs)[0]
-    as_numpy = lambda blocks: PairKernel(*(np.asarray(b) for b in blocks))  # noqa: E731
-    return Problem(inputs, phi, train, test, as_numpy(nngp), as_numpy(ntk), as_numpy(nngp_diagonal))
+    """The infinite-width kernels of ``nnqs`` between the basis and the train set.
+
+    ``spectrum``: that of the train-set QS-NTK when already known (e.g. from an earlier
+    :class:`Problem` of the same split), else computed.
+    """
+    nngp, ntk = (
+        PairKernel(*(np.asarray(b) for b in k)) for k in gram(nnqs.infinite, inputs, inputs[train])
+    )
+    nngp_diagonal = PairKernel(*(np.asarray(b) for b in diagonal(nnqs.infinite, inputs)[0]))
+    if spectrum is None:
+        spectrum = train_spectrum(_stacked(_rows(ntk, train)))
+    return Problem(inputs, phi, train, test, nngp, ntk, nngp_diagonal, spectrum)
 
 
 def split_problem(
-    nnqs: NNQS, inputs: np.ndarray, phi: np.ndarray, train_size: int, seed: int
+    nnqs: NNQS,
+    inputs: np.ndarray,
+    phi: np.ndarray,
+    train_size: int,
+    seed: int,
+    spectrum: TrainSpectrum | None = None,
 ) -> Problem:
     """:func:`make_problem` on ``train_size`` random train points (:func:`split_basis`)."""
     train, test = split_basis(np.size(phi), train_size, seed)
-    return make_problem(nnqs, inputs, phi, train, test)
+    return make_problem(nnqs, inputs, phi, train, test, spectrum)
 
 
 @dataclass(frozen=True)
@@ -148,11 +215,23 @@ def infinite_width_curves(
     problem: Problem, learning_rate: float, steps: np.ndarray, discrete: bool
 ) -> LossCurves:
     """Infinite-width loss curves; ``steps`` may include ``inf`` (the t -> infinity limit)."""
-    on_train, on_test = problem.predict(learning_rate, steps, discrete)
-    assert on_test is not None
-    train_mean, train_ens = predicted_losses(on_train, problem.phi[problem.train])
-    test_mean, test_ens = predicted_losses(on_test, problem.phi[problem.test])
-    return LossCurves(np.asarray(steps, dtype=float), train_mean, train_ens, test_mean, test_ens)
+    return infinite_width_curve_sets(problem, [(learning_rate, steps, discrete)])[0]
+
+
+def infinite_width_curve_sets(
+    problem: Problem, schedules: Sequence[tuple[float, np.ndarray, bool]]
+) -> list[LossCurves]:
+    """:func:`infinite_width_curves` of each ``(learning_rate, steps, discrete)`` schedule,
+    all from one pass over the train set and one over the test set."""
+    filters = [problem.filters(rate, steps, discrete) for rate, steps, discrete in schedules]
+    stacked = np.concatenate(filters, axis=1)
+    bounds = np.cumsum([f.shape[1] for f in filters])[:-1]
+    losses = [*problem.losses(stacked, problem.train), *problem.losses(stacked, problem.test)]
+    parts = [np.split(values, bounds) for values in losses]
+    return [
+        LossCurves(np.asarray(steps, dtype=float), *(part[i] for part in parts))
+        for i, (_, steps, _) in enumerate(schedules)
+    ]
 
 
 def convergence_step(
@@ -165,8 +244,7 @@ def convergence_step(
     """
     grid = np.unique(np.ceil(np.geomspace(1, limit, int(np.log(limit) / np.log(1.02)) + 1)))
     times = np.concatenate([[0.0], grid])
-    on_train, _ = problem.predict(learning_rate, times, discrete=False, test=False)
-    _, mean_of_losses = predicted_losses(on_train, problem.phi[problem.train])
+    _, mean_of_losses = problem.losses(problem.filters(learning_rate, times, False), problem.train)
     ratio = mean_of_losses[1:] / mean_of_losses[0]
     below = np.flatnonzero(ratio < tolerance)
     if below.size == 0:

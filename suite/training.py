@@ -23,7 +23,8 @@ Execution (one compiled program per architecture, shapes, dtype and device count
 * **Blocks and lanes.** On a device, members are processed in blocks of ``block``
   members (``vmap`` or the fast path inside one block), and points in chunks, so that
   the ``networks x width x points`` intermediates of a block stay in cache
-  (:data:`BLOCK_ELEMENTS`). The blocks are split into ``lanes`` independent
+  (:data:`BLOCK_ELEMENTS`; on accelerators blocks are large enough to fill the device,
+  :data:`ACCELERATOR_BLOCK_ELEMENTS`). The blocks are split into ``lanes`` independent
   ``lax.map`` loops; XLA:CPU runs independent loops concurrently, which keeps both cores
   of a small machine busy where one loop of mid-sized operations does not (two lanes per
   core, :data:`LANES`; one lane on accelerators). The MSE gradient is a sum over points
@@ -63,8 +64,10 @@ gamma, delta`` and the activation are read off ``nnqs.parts`` on probe parameter
 (float64). Anything else (GaussNet's input-dependent normaliser, deeper or coupled
 networks, frozen layers) falls back to ``"autodiff"``, which is never wrong, only slower.
 
-``dtype="float32"`` casts parameters, inputs and targets to float32 for the whole run;
-losses and sums are accumulated and returned in float64 either way.
+``dtype="float32"`` casts parameters, inputs and targets to float32 for the whole run,
+with matmuls at full float32 precision (``jax.default_matmul_precision("highest")``:
+no TF32 on GPUs, whose 10-bit mantissa would be a different experiment); losses and
+sums are accumulated and returned in float64 either way.
 """
 
 from __future__ import annotations
@@ -91,11 +94,16 @@ Method = Literal["auto", "fast", "autodiff"]
 DTYPES = ("float32", "float64")
 AXIS = "members"
 
-#: target number of elements of one block's ``networks x width x points`` intermediate:
-#: a few MB, so that a block's GEMM outputs stay in cache between the passes over them.
-#: Measured on 2 cores (float32, B = 256): 2^20-2^21 best at width 1024; at width 4096
-#: 2^21 (one member, all points) beats 2^20 (points in two chunks) by ~30%.
+#: target number of elements of one block's ``networks x width x points`` intermediate
+#: on a CPU: a few MB, so that a block's GEMM outputs stay in cache between the passes
+#: over them. Measured on 2 cores (float32, B = 256): 2^20-2^21 best at width 1024; at
+#: width 4096 2^21 (one member, all points) beats 2^20 (points in two chunks) by ~30%.
 BLOCK_ELEMENTS = 1 << 21
+#: the same on an accelerator, where a block is one set of kernel launches and must be
+#: large enough to fill the device (2^26 elements: 256 MB in float32, 512 MB in
+#: float64 per intermediate); at 2^21 an ensemble of 4,096 width-4096 members would
+#: run as 4,096 sequential one-member blocks per step
+ACCELERATOR_BLOCK_ELEMENTS = 1 << 26
 #: independent block loops per device (``None``: two per core left to each CPU device,
 #: one on accelerators; see :class:`Layout`)
 LANES: int | None = None
@@ -653,19 +661,20 @@ def _layout(
     width: int,
     block: int | None,
     lanes: int = 1,
+    block_elements: int = BLOCK_ELEMENTS,
 ) -> Layout:
-    """Blocks so that ``2 x block x chunk x width`` is about :data:`BLOCK_ELEMENTS`."""
+    """Blocks so that ``2 x block x chunk x width`` is about ``block_elements``."""
     per_unit = 2 * max(width, 1)  # u and v networks
-    train_chunk = max(1, min(n_train, BLOCK_ELEMENTS // per_unit))
+    train_chunk = max(1, min(n_train, block_elements // per_unit))
     per_device = -(-m // n_devices)
     if block is None:
-        block = max(1, BLOCK_ELEMENTS // (per_unit * train_chunk))
+        block = max(1, block_elements // (per_unit * train_chunk))
     block = min(block, per_device)
     n_blocks = -(-per_device // block)
     lanes = max(1, min(lanes, n_blocks))
     n_blocks = -(-n_blocks // lanes) * lanes
     block = -(-per_device // n_blocks)  # balance the blocks
-    eval_chunk = max(1, min(n_points, BLOCK_ELEMENTS // (per_unit * block)))
+    eval_chunk = max(1, min(n_points, block_elements // (per_unit * block)))
     return Layout(
         n_devices,
         lanes,
@@ -1012,8 +1021,10 @@ def train_ensemble(
 
     n_points, n_train = x.shape[0], train.size
     devices_used = tuple(jax.local_devices()[:n_devices])
+    on_cpu = devices_used[0].platform == "cpu"
     layout = _layout(
-        ids.size, n_devices, n_train, n_points, width, block, _default_lanes(devices_used)
+        *(ids.size, n_devices, n_train, n_points, width, block, _default_lanes(devices_used)),
+        block_elements=BLOCK_ELEMENTS if on_cpu else ACCELERATOR_BLOCK_ELEMENTS,
     )
     compute = jnp.float32 if dtype == "float32" else jnp.float64
     np_compute = np.float32 if dtype == "float32" else np.float64
@@ -1057,13 +1068,14 @@ def train_ensemble(
         (x_train, y_train, w_train, x_eval, phi_eval, w_fit, w_test), replicated
     )
     run = _compiled(template if template is not None else nnqs, layout, devices_used)
-    _, fit, test_loss, sums = run(
-        state,
-        jax.device_put(valid, member_sharding),
-        jax.device_put(np.asarray(learning_rate, np_compute), replicated),
-        jax.device_put(segments, replicated),
-        consts,
-    )
+    with jax.default_matmul_precision("highest"):  # float32 is float32, not TF32 on GPUs
+        _, fit, test_loss, sums = run(
+            state,
+            jax.device_put(valid, member_sharding),
+            jax.device_put(np.asarray(learning_rate, np_compute), replicated),
+            jax.device_put(segments, replicated),
+            consts,
+        )
     fit = np.asarray(fit, np.float64)[:, : ids.size]
     test_loss = np.asarray(test_loss, np.float64)[:, : ids.size]
     sums = np.asarray(sums, np.float64)[:, :, :n_points]

@@ -24,7 +24,14 @@ import pytest
 import scipy.linalg
 
 from suite import networks as nw
-from suite.dynamics import max_learning_rate, predict_gd, train_spectrum
+from suite.dynamics import (
+    RowBlock,
+    gd_filters,
+    max_learning_rate,
+    predict_gd,
+    set_loss_sums,
+    train_spectrum,
+)
 from suite.kernels.gram import gram
 
 #: predict_gd vs the explicit formulas (relative to max |entry|). The train kernels below
@@ -388,3 +395,31 @@ def test_predict_gd_rejects_bad_arguments(change: dict[str, object], name: str) 
     kwargs.update(change)
     with pytest.raises(ValueError, match=rf"^{name}"):
         predict_gd(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_set_loss_sums_equal_sums_of_the_per_point_prediction(discrete: bool) -> None:
+    """set_loss_sums (one pass over the rows, in blocks) gives the sums over the set of the
+    squared error of predict_gd's mean and of its variance, at every time."""
+    model = LinearModel(4)
+    eta = 0.8 * max_learning_rate(model.ntk_train_train)
+    times = [0, 1, 4, 37, math.inf] if discrete else [0.0, 0.3, 2.0, 25.0, math.inf]
+    mean, cov = model.predict(model.y, eta, times, discrete)
+    target = np.random.default_rng(5).normal(size=N_TEST)
+    spectrum = train_spectrum(model.ntk_train_train)
+    rows = [
+        RowBlock(
+            model.ntk_test_train[rows],
+            model.nngp_test_train[rows],
+            np.diag(model.nngp_test_test)[rows],
+            target[rows],
+        )
+        for rows in (slice(0, 2), slice(2, 4), slice(4, None))
+    ]
+    filters = gd_filters(spectrum, eta, times, discrete)
+    error, variance = set_loss_sums(spectrum, model.nngp_train_train, model.y, rows, filters)
+    np.testing.assert_allclose(error, np.sum((mean - target) ** 2, axis=1), rtol=1e-12)
+    expected = np.trace(cov, axis1=1, axis2=2)
+    np.testing.assert_allclose(variance, expected, rtol=0, atol=1e-12 * expected[0])
+    with pytest.raises(ValueError, match="filters"):
+        set_loss_sums(spectrum, model.nngp_train_train, model.y, rows, filters[1:])

@@ -23,6 +23,7 @@ from jobs.spec import (
     SpecError,
     check_memory,
     load_spec,
+    memory_estimates,
     parse_spec,
     shard_memory_bytes,
     target_dimension,
@@ -37,6 +38,9 @@ EXPECTED_TASKS = {
     "paper-hubbard": (4 * 1 * 4, 8),
     "paper-entanglement": (3 * 3, 4),
     "scaling": (1, 16),
+    "scale-members": (1, 16),
+    "scale-tfim4x4": (2 * 1 * 2, 2),
+    "paper-hubbard-rate": (4 * 1 * 4, 1),
 }
 
 
@@ -384,8 +388,34 @@ def test_check_memory_refuses_a_shard_that_does_not_fit(name: str) -> None:
     smaller["ensemble"]["shard_size"] = spec.ensemble.shard_size // 2
     assert shard_memory_bytes(parse_spec(smaller)) < needed
     wider = spec.to_dict()
-    wider["grid"]["widths"] = [max(spec.grid.widths) * 2]
+    wider["grid"]["widths"] = [width * 2 for width in spec.grid.widths]
     assert shard_memory_bytes(parse_spec(wider)) > needed
+
+
+def test_the_memory_estimate_covers_preparation_and_aggregation() -> None:
+    """TFIM 4x4: preparing the store holds the largest train size's kernels (2 x 4 x D x B
+    float64), far more than a shard; a host with room for a shard but not for them is
+    refused before anything runs, naming the field, and so is one without room to
+    aggregate a grid point (about 25 steps x D float64 arrays per point)."""
+    spec = load_spec("scale-tfim4x4")
+    dimension, train = 2**16, max(spec.grid.train_sizes)
+    estimates = memory_estimates(spec)
+    assert set(estimates) == {"preparation", "shard", "aggregation"}
+    assert estimates["preparation"] > 64 * dimension * train > 4 * estimates["shard"]
+    check_memory(spec, available=max(estimates.values()))
+    with pytest.raises(SpecError) as caught:
+        check_memory(spec, available=estimates["preparation"] - 1)
+    message = str(caught.value)
+    assert "grid.train_sizes" in message and "preparing the store" in message
+    assert "\n" not in message
+    # many logged steps: the aggregation of a point outgrows the rest
+    longer = spec.to_dict()
+    longer["training"]["log_points"] = 1000
+    longer_spec = parse_spec(longer, "longer.toml")
+    grown = memory_estimates(longer_spec)
+    assert grown["aggregation"] > 25 * 8 * 1000 * dimension > grown["preparation"]
+    with pytest.raises(SpecError, match=r"training\.log_points: aggregating a grid point"):
+        check_memory(longer_spec, available=grown["aggregation"] - 1)
 
 
 # ---------------------------------------------------------------------------------------

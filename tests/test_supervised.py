@@ -5,17 +5,22 @@ from __future__ import annotations
 import suite  # noqa: F401  (enables float64)
 
 # isort: split
+import tracemalloc
+
 import numpy as np
 import pytest
 
-from suite import networks
+from suite import networks, supervised
+from suite.dynamics import predicted_losses
 from suite.supervised import (
     convergence_step,
+    infinite_width_curve_sets,
     infinite_width_curves,
     log_steps,
     make_problem,
     scale_target,
     split_basis,
+    split_problem,
 )
 from suite.targets import TFIMQuench, build_target
 
@@ -100,3 +105,58 @@ def test_discrete_and_continuous_agree_at_small_learning_rates(problem) -> None:
     np.testing.assert_allclose(
         discrete.test_mean_of_losses, continuous.test_mean_of_losses, rtol=1e-3
     )
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_set_losses_equal_the_per_point_prediction(
+    problem, discrete: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The curves come from sums over the set (suite.dynamics.set_loss_sums), read in row
+    blocks; they equal the losses of the per-point mean and variance (predict_nnqs) to
+    rounding, relative to the start of each curve, whatever the block size."""
+    eta = 0.5 * problem.eta_max
+    steps = np.asarray([0, 1, 7, 60, 500, 4000, np.inf])
+    monkeypatch.setattr(supervised, "ROW_BLOCK_ELEMENTS", 4 * problem.train.size * 5)  # 5 rows
+    curves = infinite_width_curves(problem, eta, steps, discrete)
+    on_train, on_test = problem.predict(eta, steps, discrete)
+    expected = [
+        *predicted_losses(on_train, problem.phi[problem.train]),
+        *predicted_losses(on_test, problem.phi[problem.test]),
+    ]
+    names = ("train_loss_of_mean", "train_mean_of_losses", "test_loss_of_mean")
+    for name, reference in zip((*names, "test_mean_of_losses"), expected, strict=True):
+        np.testing.assert_allclose(
+            getattr(curves, name), reference, rtol=0, atol=1e-13 * reference[0]
+        )
+    # several schedules at once give each its own curves
+    many = infinite_width_curve_sets(
+        problem, [(eta, steps, discrete), (0.1 * eta, steps[:3], True)]
+    )
+    np.testing.assert_allclose(many[0].test_mean_of_losses, curves.test_mean_of_losses, rtol=1e-13)
+    alone = infinite_width_curves(problem, 0.1 * eta, steps[:3], True)
+    np.testing.assert_allclose(many[1].train_loss_of_mean, alone.train_loss_of_mean, rtol=1e-13)
+
+
+def test_set_losses_hold_one_row_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory of the test-set pass (TFIM 3x4, D = 4096, B = 16): a few row blocks, not
+    the set's ``(2n, 2B)`` stacked kernels (which the per-point prediction holds several of)."""
+    target = build_target(TFIMQuench(lx=3, ly=4, periodic=False))
+    phi = scale_target(target.psi, "unit-rms")
+    nnqs = networks.decoupled(networks.mlp(depth=1, width=8))
+    problem = split_problem(nnqs, target.inputs, phi, 16, seed=0)
+    monkeypatch.setattr(supervised, "ROW_BLOCK_ELEMENTS", 4 * 16 * 64)  # 64 points a block
+    filters = problem.filters(0.5 * problem.eta_max, np.arange(50), discrete=True)
+    stacked = (2 * problem.test.size) * (2 * problem.train.size) * 8  # one (2n, 2B) array
+    tracemalloc.start()
+    try:
+        problem.losses(filters, problem.test)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < stacked / 4
+    tracemalloc.start()
+    try:
+        problem.predict(0.5 * problem.eta_max, np.arange(50), discrete=True)
+        assert tracemalloc.get_traced_memory()[1] > stacked  # the premise: it would show
+    finally:
+        tracemalloc.stop()

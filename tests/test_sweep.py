@@ -17,11 +17,13 @@ Established here (jobs/sweep.py, jobs/studies.py, suite/store.py, analysis/aggre
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import suite  # noqa: F401  (first: enables JAX float64)
 
@@ -30,12 +32,15 @@ import suite  # noqa: F401  (first: enables JAX float64)
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from stores import assert_identical, run_nnqs, tiny_dynamics
 
+from analysis.aggregate import aggregate
 from analysis.compare import relative_deviations
+from analysis.report import write_report
 from jobs import cli
 from jobs.spec import load_spec
-from jobs.studies import dynamics_nnqs, entanglement_study, expand
+from jobs.studies import SUMS, dynamics_nnqs, entanglement_study, expand
 from jobs.sweep import execute_task, open_sweep, task_states
 from suite.entanglement import ensemble_entanglement
 from suite.kernels.gram import gram
@@ -142,6 +147,51 @@ def test_xarray_reads_the_store(reference: Path) -> None:
     assert ds.attrs["spec"]["sweep"]["name"] == "tiny"
     assert ds.attrs["provenance"]["packages"]["zarr"]
     assert "finalized_unix" in ds.attrs
+
+
+def _recording_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, ...]]]:
+    """Every ``SweepStore.read`` from now on, as (array name, shape read)."""
+    reads: list[tuple[str, tuple[int, ...]]] = []
+    original = SweepStore.read
+
+    def read(self: SweepStore, name: str, region: Any = None) -> np.ndarray:
+        values = original(self, name, region)
+        reads.append((name, values.shape))
+        return values
+
+    monkeypatch.setattr(SweepStore, "read", read)
+    return reads
+
+
+def test_aggregation_reads_one_shard_at_a_time(
+    tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid point's shard sums are read and added one shard at a time (memory of two
+    shards, not of all of them), and give the reference run's aggregates bit for bit."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(reference, copy)
+    store = SweepStore(copy)
+    for name in ("ensemble_mean", "ensemble_variance", "train_mean_of_losses"):
+        array = store.array(name)
+        array[...] = np.full(array.shape, np.nan, dtype=array.dtype)
+    reads = _recording_reads(monkeypatch)
+    aggregate(copy, progress=False)
+    shards = [shape for name, shape in reads if name in SUMS]
+    assert len(shards) == 2 * 4 * len(SUMS)  # 2 grid points x 4 shards x 5 sums
+    assert all(shape[3] == 1 for shape in shards)
+    assert_identical(reference, copy)
+
+
+def test_the_report_reads_no_basis_sized_array(
+    tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report reads grid-sized arrays only: nothing with a ``basis`` axis (D = 2^N)."""
+    reads = _recording_reads(monkeypatch)
+    write_report(reference, tmp_path / "report")
+    group = zarr.open_group(reference, mode="r")
+    basis = {name for name, array in group.arrays() if "basis" in array.metadata.dimension_names}
+    assert reads and {"ensemble_mean", "phi", "inputs", "sum_u"} <= basis
+    assert not {name for name, _ in reads} & basis
 
 
 @pytest.mark.slow

@@ -448,3 +448,16 @@ def test_bad_arguments_raise_before_any_work(monkeypatch, change, name):
             args.pop("train_index"),
             **args,
         )
+
+
+def test_accelerator_blocks_fill_the_device():
+    """On a GPU a block is one set of kernel launches: 4,096 width-4096 members run in
+    blocks of 32 (2^26 elements), not 4,096 one-member blocks (the CPU's cache size)."""
+    from suite.training import ACCELERATOR_BLOCK_ELEMENTS, BLOCK_ELEMENTS, _layout
+
+    cpu = _layout(4096, 1, 256, 512, 4096, None, 1)
+    gpu = _layout(4096, 1, 256, 512, 4096, None, 1, block_elements=ACCELERATOR_BLOCK_ELEMENTS)
+    assert (cpu.block, cpu.n_blocks) == (1, 4096)
+    assert (gpu.block, gpu.n_blocks) == (32, 128) and gpu.train_chunk == 256
+    assert 2 * gpu.block * gpu.train_chunk * 4096 == ACCELERATOR_BLOCK_ELEMENTS
+    assert 2 * cpu.block * cpu.train_chunk * 4096 <= 2 * BLOCK_ELEMENTS

@@ -94,7 +94,11 @@ def _integer_index(
     x1: Array, x2: Array, label1: Array, label2: Array, n_norms2: int, half_range: int
 ) -> Array:
     """Flat table index ``(label1, label2, x.x' + q)`` of integer-valued pairs."""
-    dots = jnp.rint(x1.astype(jnp.float32) @ x2.astype(jnp.float32).T).astype(jnp.int32)
+    # full float32 (no TF32 on GPUs): exact for the integers is_integer_valued admits
+    dots = jnp.matmul(
+        x1.astype(jnp.float32), x2.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST
+    )
+    dots = jnp.rint(dots).astype(jnp.int32)
     width = 2 * half_range + 1
     return (label1[:, None] * n_norms2 + label2[None, :]) * width + dots + half_range
 
