@@ -116,15 +116,17 @@ def _training_problem(n_sites: int, n_train: int) -> tuple[np.ndarray, np.ndarra
     return x, phi, np.sort(rng.choice(len(x), n_train, replace=False))
 
 
+#: the per-member losses and the shard sums of an :class:`~suite.training.EnsembleStats`
+STATS_FIELDS = ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv")
+
+
 def _stats_deviation(a: Any, b: Any) -> float:
     """Largest relative difference of losses and sums of two :class:`EnsembleStats`."""
-    names = ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv")
-    return max(_relative(getattr(a, n), getattr(b, n)) for n in names)
+    return max(_relative(getattr(a, n), getattr(b, n)) for n in STATS_FIELDS)
 
 
 def _stats_equal(a: Any, b: Any) -> bool:
-    names = ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv")
-    return all(np.array_equal(getattr(a, n), getattr(b, n)) for n in names)
+    return all(np.array_equal(getattr(a, n), getattr(b, n)) for n in STATS_FIELDS)
 
 
 def check_training_fast_vs_autodiff(small: bool) -> dict[str, Any]:
