@@ -86,13 +86,18 @@ class ShardJob(submitit.helpers.Checkpointable):
     """A SLURM array element: run a group of tasks, skipping those the store has done.
 
     As a submitit ``Checkpointable``, when SLURM signals the time limit or a
-    preemption, submitit requeues the same call, which resumes from the store.
+    preemption, submitit requeues the same call, which resumes from the store. A run
+    that finished no task is not requeued: its next run could do no better (a task
+    longer than the job's time limit), so the element fails and says so instead of
+    looping through its requeues.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.finished_this_run = 0
 
     def __call__(self, tasks: Sequence[int]) -> list[str]:
+        self.finished_this_run = 0
         records = {r.task: r for r in SweepStore(self.path).records()}
         checksums = []
         for task in tasks:
@@ -101,7 +106,19 @@ class ShardJob(submitit.helpers.Checkpointable):
                 checksums.append(record.checksum)
                 continue
             checksums.append(execute_task(self.path, task))
+            self.finished_this_run += 1
         return checksums
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        if self.finished_this_run == 0:
+            print(
+                "nnqs: no task finished before the time limit, so this job is not requeued; "
+                "raise executor.slurm.time_min above the longest task",
+                file=sys.stderr,
+                flush=True,
+            )
+            return None
+        return super().checkpoint(*args, **kwargs)
 
 
 def submit_slurm(

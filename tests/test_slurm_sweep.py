@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from stores import assert_identical, run_nnqs, tiny_dynamics
 
+from jobs.executors import ShardJob
 from suite.store import SweepStore
 
 SLURM_OVERRIDES = """
@@ -140,10 +141,10 @@ study = "dynamics"
 [target]
 model = "tfim"
 [grid]
-widths = [1024]
+widths = [256]
 train_sizes = [128]
 [ensemble]
-members = 32
+members = 40
 shard_size = 4
 [training]
 log_points = 4
@@ -159,20 +160,30 @@ signal_delay_s = 15
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_checkpointable_job_requeues_at_its_time_limit(slurm_cluster: Path, tmp_path: Path) -> None:
-    # one array element for 8 tasks of ~6-15 s each, a 1-minute limit and SIGUSR2 15 s
-    # before it: the element must be requeued (and resume from the store) to finish
+    # one array element for 10 tasks of ~4-12 s each (~65 s with the start-up), a
+    # 1-minute limit and SIGUSR2 15 s before it: the element must be requeued (and
+    # resume from the store) to finish
     spec = tmp_path / "requeue.toml"
     spec.write_text(CHECKPOINT_SPEC)
     store = tmp_path / "requeued.zarr"
     answer = run_nnqs(
         "run", str(spec), "--store", str(store), "--executor", "slurm",
-        "--tasks-per-job", "8", timeout=580,
+        "--tasks-per-job", "10", timeout=580,
     )  # fmt: skip
-    assert answer["tasks"]["done"] == 8 and len(answer["slurm_jobs"]) == 1
+    assert answer["tasks"]["done"] == 10 and len(answer["slurm_jobs"]) == 1
     records = SweepStore(store).records()
     restarts = [int(r.info["slurm"].get("restart_count", 0)) for r in records]
     assert max(restarts) >= 1, restarts
     assert restarts == sorted(restarts)  # each run resumed where the last one stopped
+
+
+def test_an_element_that_finished_no_task_is_not_requeued(tmp_path: Path) -> None:
+    # requeueing a run that made no progress would loop through every requeue
+    job = ShardJob(str(tmp_path / "store.zarr"))
+    assert job.checkpoint([0, 1]) is None
+    job.finished_this_run = 1
+    again = job.checkpoint([0, 1])
+    assert again is not None and again.args == ([0, 1],)
 
 
 @pytest.mark.slurm
