@@ -20,9 +20,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/nnqs run quickstart
 
+# ruff, then the import contracts of pyproject.toml (layers, no cycles)
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 unit: setup
 	$(VENV)/bin/python -m pytest -m "not parity" --durations=15
@@ -31,10 +33,10 @@ unit: setup
 test: lint unit parity
 
 bench-training: setup
-	$(VENV)/bin/python -m analysis.bench_training
+	$(VENV)/bin/python -m analysis.bench.training
 
 bench-entanglement: setup
-	$(VENV)/bin/python -m analysis.bench_entanglement
+	$(VENV)/bin/python -m analysis.bench.entanglement
 
 # The single-host SLURM of slurm/ (root): start, stop.
 slurm-up:

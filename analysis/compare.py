@@ -1,4 +1,4 @@
-"""Finite against infinite width, read from an aggregated dynamics store (theory.md §5).
+"""Finite against infinite width, read from an aggregated dynamics store (docs/theory.md §5).
 
 For every grid point (train size, learning rate, width) and logged step ``t >= 1``
 (step 0 measures only the prior's sampling noise), the relative deviation
@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
-from jobs.studies import CURVES
 from suite.store import SweepStore
+from suite.supervised import CURVES
 
 #: the aggregated (finite-width) estimate of each infinite-width curve
 FINITE_ESTIMATE = {

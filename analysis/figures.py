@@ -2,10 +2,10 @@
 
 * Fig. 1 (:func:`entanglement_figure`): mean ``S_vN`` of finite-width ensembles
   against subsystem size, with the GP Renyi-2 estimate, the Page value and the
-  Haar Renyi-2 value (theory.md §6);
+  Haar Renyi-2 value (docs/theory.md §6);
 * Fig. 2 (:func:`loss_curves_figure`): train and test mean-of-losses of finite
   ensembles at the logged steps against the infinite-width prediction in exact
-  discrete steps and in continuous time (theory.md §5);
+  discrete steps and in continuous time (docs/theory.md §5);
 * Fig. 3 (:func:`final_loss_figure`): total loss at the last logged step against
   the train-set size, per width and for the NTK limit (at that step and t = inf);
 * :func:`spectra_figure`: QS-NTK eigenvalues on each train set (they set the
@@ -27,9 +27,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from jobs.dynamics import width_exponent
-from jobs.studies import CURVES
 from suite.store import SweepStore
+from suite.supervised import CURVES, width_exponent
 
 #: the loss-curve panels of Fig. 2: (finite array, index of the infinite curve, title)
 PANELS = (("train_mean_of_losses", 1, "train"), ("test_mean_of_losses", 3, "test"))
@@ -200,7 +199,7 @@ def entanglement_figure(store: SweepStore) -> Figure:
 
 def scaling_figure(tables: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Speed-up and parallel efficiency against workers, one line per scaling case of an
-    ``nnqs bench`` record (:func:`analysis.bench_report.scaling_tables`), with the ideal
+    ``nnqs bench`` record (:func:`analysis.bench.report.scaling_tables`), with the ideal
     (speed-up = workers, efficiency = 1) dashed; weak scaling shows the scaled speed-up."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     most = max(row["workers"] for table in tables.values() for row in table["rows"])

@@ -8,17 +8,17 @@
   otherwise):
 
   - ``kernels_fast_path``: the discrete fast path of :func:`suite.kernels.gram.gram`
-    against the closed form on every pair (theory.md §4), on a spin basis (popcount
+    against the closed form on every pair (docs/theory.md §4), on a spin basis (popcount
     route) and on a Hubbard basis (integer-matmul route), every QS-NTK block;
   - ``training_fast_vs_autodiff``: :func:`suite.training.train_ensemble` with the
-    hand-derived one-hidden-layer update against ``vmap(grad)`` (theory.md §5);
+    hand-derived one-hidden-layer update against ``vmap(grad)`` (docs/theory.md §5);
   - ``sharding_invariance``: the same ensemble on one device and on all devices, and as
     two shards combined against one run (members depend only on ``(seed, i)``);
   - ``sweep_determinism``: a small dynamics sweep run twice into two stores (prepared,
     trained, aggregated): every array compared bitwise; where XLA's reductions are not
     deterministic on the device the check fails and records the largest spread.
 
-* ``bench.json`` - an ``nnqs bench`` record (:func:`analysis.bench.run_bench`) of every
+* ``bench.json`` - an ``nnqs bench`` record (:func:`analysis.bench.run.run_bench`) of every
   declared case but ``slurm_scaling`` at size ``gpu`` (``quick`` with ``--small``),
   with the system: device kind, count and memory, driver, jax and package versions, git commit. The
   ``time_to_solution`` case gets what is left of ``--budget-s`` (default 420 s, so that
@@ -270,7 +270,7 @@ def run_checks(small: bool, names: Sequence[str] | None = None) -> dict[str, Any
 
 
 def _write(path: Path, data: Mapping[str, Any]) -> None:
-    from analysis.bench import write_json
+    from analysis.bench.records import write_json
 
     write_json(path, data)
     print(f"node-check: wrote {path}", file=sys.stderr)
@@ -303,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     import suite  # noqa: F401  (enables float64 in JAX)
-    from analysis.bench import CASES, run_bench, system_info
+    from analysis.bench.cases import CASES
+    from analysis.bench.run import run_bench
+    from analysis.bench.system import system_info
 
     checks = {"system": system_info(), **run_checks(args.small, args.checks)}
     _write(out / "checks.json", checks)

@@ -19,9 +19,8 @@ import numpy as np
 
 from analysis import figures
 from analysis.compare import relative_deviations
-from jobs.dynamics import width_exponent
-from jobs.studies import CURVES
 from suite.store import SweepStore
+from suite.supervised import CURVES, width_exponent
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -123,6 +122,29 @@ def _kernels(store: SweepStore, out: Path) -> list[str]:
     return lines
 
 
+def _any_study(store: SweepStore, out: Path) -> list[str]:
+    """A study without a section of its own: each aggregate along one coordinate as a
+    table (read by dimension name with xarray), and every other array's dimensions."""
+    import xarray as xr
+
+    data = xr.open_zarr(store.path)
+    lines = ["## Results", ""]
+    others = []
+    for name, values in sorted(data.data_vars.items()):
+        (dim, *more) = values.dims or ("",)
+        if not more and dim in data.coords and values.dtype.kind in "fiu":
+            rows = [
+                [coordinate, float(values.sel({dim: coordinate}))]
+                for coordinate in data[dim].values.tolist()
+            ]
+            lines += [*markdown_table([dim, name], rows), ""]
+        else:
+            others.append([name, " x ".join(values.dims), " x ".join(map(str, values.shape))])
+    lines += ["## Arrays", "", *markdown_table(["array", "dimensions", "shape"], others), ""]
+    return lines
+
+
+#: the report section of each study; any other study gets :func:`_any_study`
 SECTIONS = {"dynamics": _dynamics, "entanglement": _entanglement, "kernels": _kernels}
 
 
@@ -146,7 +168,7 @@ def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
         f"Grid: {', '.join(f'{k} = {v}' for k, v in spec['grid'].items())}; "
         f"{spec['ensemble']['members']} members in shards of {spec['ensemble']['shard_size']}.",
         "",
-        *SECTIONS[attrs["study"]](store, out),
+        *SECTIONS.get(attrs["study"], _any_study)(store, out),
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")

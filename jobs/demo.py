@@ -1,6 +1,6 @@
 """The quick-start demo: build a target, evaluate its kernels, print a summary.
 
-Everything here is a small, fixed-size run of library calls (theory.md §2, §4, §5):
+Everything here is a small, fixed-size run of library calls (docs/theory.md §2, §4, §5):
 the default TFIM quench target, the infinite-width QS-NTK of the paper's
 decoupled ReLU NNQS between the whole basis and a random train set (discrete fast
 path), the empirical QS-NTK of one finite network against it, the train-set
@@ -46,7 +46,7 @@ def run_demo(
     variance_test = np.asarray(diagonal(nnqs.infinite, inputs[test])[0].uu)
 
     def test_loss(t: float) -> float:
-        """Mean of the losses on the test set (theory.md §5): |mu - phi|^2 + Var u + Var v."""
+        """Mean of the losses on the test set (docs/theory.md §5): |mu - phi|^2 + Var u + Var v."""
         mean, variance = predict_gd(
             theta[train],
             theta[test],

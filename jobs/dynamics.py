@@ -4,7 +4,7 @@ For one quench target, one architecture family and a grid of widths and train-se
 sizes: the infinite-width loss curves (continuous time and exact discrete steps,
 and t = inf) and those of GD-trained finite-width ensembles at the same logged
 steps, their relative deviations and the exponent of the deviation's fall with
-width (theory.md §5). The result is one JSON document for the analysis layer.
+width (docs/theory.md §5). The result is one JSON document for the analysis layer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,19 +22,21 @@ import numpy as np
 from jobs.progress import progress_printer
 from suite import networks
 from suite.supervised import (
+    CURVES,
     LossCurves,
     Problem,
     TargetScale,
+    after_initialisation,
     convergence_step,
     infinite_width_curve_sets,
     log_steps,
+    relative_deviation,
     scale_target,
     split_problem,
+    width_exponent,
 )
 from suite.targets import Target, build_target, make_spec, target_summary
 from suite.training import summarize, train_ensemble
-
-CURVES = ("train_loss_of_mean", "train_mean_of_losses", "test_loss_of_mean", "test_mean_of_losses")
 
 
 @dataclass(frozen=True)
@@ -122,30 +123,6 @@ def finite_curves(
     )
 
 
-def after_initialisation(curves: LossCurves) -> LossCurves:
-    """The curves without step 0, where a comparison measures the prior's sampling noise only."""
-    return LossCurves(*(np.asarray(values)[1:] for values in vars(curves).values()))
-
-
-def relative_deviation(finite: LossCurves, infinite: LossCurves) -> dict[str, float]:
-    """Largest relative deviation ``|finite - infinite| / infinite`` over the logged steps.
-
-    The study applies it after initialisation (steps >= 1) and reports step 0 apart.
-    """
-    deviations = {}
-    for name in CURVES:
-        reference = getattr(infinite, name)
-        mask = reference > 0
-        ratio = np.abs(getattr(finite, name)[mask] - reference[mask]) / reference[mask]
-        deviations[name] = float(ratio.max())
-    return deviations
-
-
-def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:
-    """Slope of ``log(deviation)`` against ``log(width)`` (least squares)."""
-    return float(np.polyfit(np.log(widths), np.log(deviations), 1)[0])
-
-
 def _problem(study: DynamicsStudy, target: Target, train_size: int) -> Problem:
     """The supervised problem on ``target`` with ``train_size`` random train points."""
     phi = scale_target(target.psi, study.target_scale)
@@ -156,6 +133,7 @@ def _problem(study: DynamicsStudy, target: Target, train_size: int) -> Problem:
 
 def run_dynamics_study(study: DynamicsStudy, progress: bool = True) -> dict[str, Any]:
     """Run the study: Fig. 2 (curves at ``train_size``) and Fig. 3 (losses vs train size)."""
+    # over 60 lines: the quick command's whole study in order (curves, Fig. 2, Fig. 3)
     clock = time.perf_counter()
     say = progress_printer(progress)
     target = build_target(make_spec(study.model, **study.target))

@@ -2,7 +2,7 @@
 
 For ``psi = f_R + i f_I`` (two independent networks of one architecture: CosNet,
 GaussNet or a ReLU MLP) on ``N`` spins and every subsystem of the first
-``N_A = 1 .. N/2`` sites (theory.md §6, natural log):
+``N_A = 1 .. N/2`` sites (docs/theory.md §6, natural log):
 
 * finite widths: per-member von Neumann and Renyi-2 entropies of the normalised
   states, their ensemble means (with standard errors), and the replica ratio
@@ -36,8 +36,8 @@ import numpy as np
 from jobs.progress import progress_printer
 from suite import networks
 from suite.entanglement import (
-    EnsembleEntanglement,
     ensemble_entanglement,
+    ensemble_summary,
     haar_purity,
     page_entropy,
 )
@@ -131,7 +131,7 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
 
 
 def gp_renyi2(nnqs: networks.NNQS, n_sites: int, cuts: list[int]) -> list[float]:
-    """GP estimate ``S2_bar`` of an NNQS ensemble at infinite width (theory.md §6).
+    """GP estimate ``S2_bar`` of an NNQS ensemble at infinite width (docs/theory.md §6).
 
     Covariance ``G = infinite(k)[0].hermitian()`` and pseudo-covariance ``.symmetric()``
     of its NNGP (zero for identical decoupled parts: a circular GP), Hamming closed form.
@@ -144,23 +144,6 @@ def gp_renyi2(nnqs: networks.NNQS, n_sites: int, cuts: list[int]) -> list[float]
         return nnqs.infinite(k)[0].symmetric()
 
     return hamming_renyi2(covariance, n_sites, cuts, pseudo)
-
-
-def ensemble_summary(result: EnsembleEntanglement) -> dict[str, list[float]]:
-    """Means and standard errors of ``S_vN``, ``S_2``; the replica ratio, its jackknife error."""
-    members = result.von_neumann.shape[0]
-
-    def sem(values: np.ndarray) -> list[float]:
-        return (values.std(axis=0, ddof=1) / math.sqrt(members)).tolist()
-
-    return {
-        "mean_von_neumann": result.von_neumann.mean(axis=0).tolist(),
-        "sem_von_neumann": sem(result.von_neumann),
-        "mean_renyi2": result.renyi2.mean(axis=0).tolist(),
-        "sem_renyi2": sem(result.renyi2),
-        "ratio_renyi2": result.ratio_renyi2().tolist(),
-        "sem_ratio_renyi2": result.ratio_renyi2_sem().tolist(),
-    }
 
 
 def _finite(
@@ -193,6 +176,7 @@ def run_entanglement_study(
     errors); ``crossover``: CosNet at ``N_A = N/2`` against ``s0``; ``acceptance``: the
     largest ``|page_gap|``, ``|gp_gap|`` and ``|gp_z|`` per architecture and width.
     """
+    # over 60 lines: the quick command's whole study in order (GP, widths, s0 scan)
     study = EntanglementStudy() if study is None else study
     clock = time.perf_counter()
     say = progress_printer(progress)

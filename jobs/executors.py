@@ -5,7 +5,7 @@ what differs is where that runs:
 
 * ``local`` (default, no service): in this process, or in a pool of
   ``executor.processes`` spawned processes, with a progress bar;
-* ``slurm``: a submitit job array on a cluster profile (``slurm/profiles``), one
+* ``slurm``: a submitit job array on a cluster profile (``jobs/clusters``), one
   array element per group of tasks; each element is ``Checkpointable``: at its
   time limit or on preemption SLURM requeues it and it resumes from the store
   (finished tasks are skipped);
@@ -39,6 +39,8 @@ from suite.store import SweepStore
 DEFAULT_TASKS_PER_JOB = 1
 #: requeues of an array element at its time limit (each resumes from the store)
 MAX_REQUEUES = 20
+#: runs in a row that finish no task before an array element is no longer requeued
+MAX_IDLE_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,17 @@ class ShardJob(submitit.helpers.Checkpointable):
     """A SLURM array element: run a group of tasks, skipping those the store has done.
 
     As a submitit ``Checkpointable``, when SLURM signals the time limit or a
-    preemption, submitit requeues the same call, which resumes from the store. A run
-    that finished no task is not requeued: its next run could do no better (a task
-    longer than the job's time limit), so the element fails and says so instead of
-    looping through its requeues.
+    preemption, submitit requeues the same call, which resumes from the store. After
+    :data:`MAX_IDLE_RUNS` runs in a row that finished no task (a task longer than the
+    job's time limit) the element is not requeued again: it fails and says so instead
+    of spending all its requeues. One idle run is not enough to give up: SLURM checks
+    time limits every 30 s or so, so a run can be signalled well before its limit.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.finished_this_run = 0
+        self.idle_runs = 0  # pickled with the requeued call: counts across runs
 
     def __call__(self, tasks: Sequence[int]) -> list[str]:
         self.finished_this_run = 0
@@ -110,10 +114,11 @@ class ShardJob(submitit.helpers.Checkpointable):
         return checksums
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
-        if self.finished_this_run == 0:
+        self.idle_runs = 0 if self.finished_this_run else self.idle_runs + 1
+        if self.idle_runs >= MAX_IDLE_RUNS:
             print(
-                "nnqs: no task finished before the time limit, so this job is not requeued; "
-                "raise executor.slurm.time_min above the longest task",
+                f"nnqs: no task finished in {self.idle_runs} runs in a row, so this job is not "
+                "requeued; raise executor.slurm.time_min above the longest task",
                 file=sys.stderr,
                 flush=True,
             )
@@ -206,7 +211,7 @@ def mpi_launch_command(ranks: int, argv: Sequence[str]) -> list[str]:
 
 
 def relaunch_under_mpi(ranks: int, argv: Sequence[str]) -> int:
-    """Run ``python -m jobs.cli argv`` as ``ranks`` MPI processes; return its exit status."""
+    """Run ``python -m nnqs argv`` as ``ranks`` MPI processes; return its exit status."""
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    command = mpi_launch_command(ranks, [sys.executable, "-m", "jobs.cli", *argv])
+    command = mpi_launch_command(ranks, [sys.executable, "-m", "nnqs", *argv])
     return subprocess.run(command, env=env, check=False).returncode

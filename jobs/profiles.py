@@ -1,13 +1,13 @@
 """Cluster profiles: where and how SLURM jobs run (partition, account, GPUs, modules, limits).
 
-A profile is a TOML file in ``slurm/profiles/`` (or anywhere, given by path) whose keys are
+A profile is a TOML file in ``jobs/clusters/`` (or anywhere, given by path) whose keys are
 the fields of :class:`ClusterProfile`. It is validated when loaded: unknown keys, wrong types
 and out-of-range values raise ``ValueError`` with a one-line message naming the field. From a
 profile come the parameters of the three ways the suite submits work:
 
 - :func:`submitit_parameters` for ``submitit.AutoExecutor(...).update_parameters(**...)``;
 - :func:`jobqueue_parameters` for ``dask_jobqueue.SLURMCluster(**...)``;
-- :func:`render_sbatch` for the batch scripts in ``slurm/templates/``.
+- :func:`render_sbatch` for the batch scripts in ``jobs/sbatch/``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
-PROFILE_DIR = SLURM_DIR / "profiles"
-TEMPLATE_DIR = SLURM_DIR / "templates"
+#: the cluster profiles shipped with the package (package data)
+PROFILE_DIR = Path(__file__).resolve().parent / "clusters"
+#: the batch-script templates shipped with the package (package data)
+TEMPLATE_DIR = Path(__file__).resolve().parent / "sbatch"
 
 # Seconds a dask worker waits for an unreachable scheduler before it exits.
 DASK_DEATH_TIMEOUT_S = 60
@@ -176,7 +177,7 @@ def check_overrides(fields: Mapping[str, Any], source: str) -> None:
 
 
 def available_profiles() -> list[str]:
-    """Names of the profiles shipped in ``slurm/profiles/``."""
+    """Names of the profiles shipped in ``jobs/clusters/``."""
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
@@ -292,7 +293,7 @@ def jobqueue_parameters(profile: ClusterProfile, log_directory: str | Path) -> d
 
 
 def render_sbatch(template_name: str, profile: ClusterProfile, **values: Any) -> str:
-    """Render ``slurm/templates/<template_name>.sbatch`` for a profile.
+    """Render ``jobs/sbatch/<template_name>.sbatch`` for a profile.
 
     ``${sbatch_header}`` becomes the profile's ``#SBATCH`` lines and ``${setup}`` its module
     and setup lines; every other ``${name}`` placeholder takes ``values[name]``, shell-quoted.

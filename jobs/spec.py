@@ -3,7 +3,7 @@
 A spec is data, not code (benchopt / ReFrame style). Sections (every key optional
 except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused)::
 
-    [sweep]        name, study ("dynamics" | "entanglement" | "kernels"), seed, dtype
+    [sweep]        name, study (a registered study, jobs.registry), seed, dtype
     [target]       model ("tfim" | "hubbard") and its parameters (suite.targets)
     [network]      kind, activation, depth              (dynamics, kernels)
     [grid]         widths, train_sizes, lr_factors      (dynamics, kernels)
@@ -15,10 +15,11 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
     [executor]     kind ("local" | "slurm" | "mpi"), processes, profile, ranks,
                    and a [executor.slurm] table of cluster-profile overrides
 
-Every error is a :class:`SpecError` (a ``ValueError``) whose one-line message names
-the field (``spec quickstart.toml: grid.widths must be ...``). The executor section
-does not enter the :meth:`SweepSpec.fingerprint`: one sweep may be started locally
-and resumed on a cluster.
+Which sections and grid keys a study takes, and its cross-field rules, are the study's
+(:class:`jobs.registry.Study`). Every error is a :class:`SpecError` (a ``ValueError``)
+whose one-line message names the field (``spec quickstart.toml: grid.widths must be
+...``). The executor section does not enter the :meth:`SweepSpec.fingerprint`: one
+sweep may be started locally and resumed on a cluster.
 """
 
 from __future__ import annotations
@@ -31,36 +32,24 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from suite import targets
-from suite.supervised import ROW_BLOCK_ELEMENTS
-from suite.training import BLOCK_ELEMENTS
+from jobs import registry
+from jobs.entanglement import ARCHITECTURES
+from jobs.profiles import check_overrides
+from suite import networks, supervised, targets, training
+from suite.store import SweepStore
 
-STUDIES = ("dynamics", "entanglement", "kernels")
-DTYPES = ("float32", "float64")
-KINDS = ("decoupled", "shared_trunk", "complex_output")
-ACTIVATIONS = ("relu", "erf")
-ARCHITECTURES = ("cosnet", "gaussnet", "relu")
-TARGET_SCALES = ("unit-norm", "unit-rms")
+# the vocabularies of the library's own types
+DTYPES = training.DTYPES
+KINDS = get_args(networks.NNQSKind)
+ACTIVATIONS = get_args(networks.Activation)
+TARGET_SCALES = get_args(supervised.TargetScale)
 EXECUTORS = ("local", "slurm", "mpi")
 #: the shipped example specs, by name (``nnqs run quickstart``)
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
 #: entanglement studies hold 2**n_sites amplitudes per member
 MAX_ENTANGLEMENT_SITES = 14
-
-
-#: the sections (besides sweep and executor) and grid axes each study takes
-SECTIONS = {
-    "dynamics": ("target", "network", "grid", "ensemble", "training", "kernels"),
-    "entanglement": ("grid", "ensemble", "entanglement"),
-    "kernels": ("target", "network", "grid", "ensemble", "kernels"),
-}
-GRID_KEYS = {
-    "dynamics": ("widths", "train_sizes", "lr_factors"),
-    "entanglement": ("widths", "architectures"),
-    "kernels": ("widths", "train_sizes"),
-}
 
 
 class SpecError(ValueError):
@@ -162,9 +151,10 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as TOML-shaped tables: the study's own sections and the executor."""
         data = dataclasses.asdict(self)
-        sections = ("sweep", *SECTIONS[self.sweep.study], "executor")
+        study = registry.study(self.sweep.study)
+        sections = ("sweep", *study.sections, "executor")
         tables = {name: data[name] for name in sections}
-        tables["grid"] = {key: data["grid"][key] for key in GRID_KEYS[self.sweep.study]}
+        tables["grid"] = {key: data["grid"][key] for key in study.grid_keys}
         return tables
 
     def with_executor(self, **changes: Any) -> SweepSpec:
@@ -190,152 +180,170 @@ def load_spec(name_or_path: str | os.PathLike[str]) -> SweepSpec:
 
 
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
-    """Validate a spec given as nested dicts (parsed TOML); raise :class:`SpecError`."""
-    check = _Checker(source)
+    """Validate a spec given as nested dicts (parsed TOML); raise :class:`SpecError`.
+
+    Each section is read by its own function below, with the defaults of its dataclass;
+    then the target, and the study's own rules (:meth:`jobs.registry.Study.check`).
+    """
+    check = SpecChecker(source)
     if not isinstance(data, dict):
         raise check.error("spec", "must be a table", data)
-    sections = {
-        "sweep": Sweep,
+    readers = {
+        "sweep": _sweep,
         "target": None,
-        "network": Network,
-        "grid": Grid,
-        "ensemble": Ensemble,
-        "training": Training,
-        "entanglement": Entanglement,
-        "kernels": Kernels,
-        "executor": Executor,
+        "network": _network,
+        "grid": _grid,
+        "ensemble": _ensemble,
+        "training": _training,
+        "entanglement": _entanglement,
+        "kernels": _kernels,
+        "executor": _executor,
     }
-    check.known("spec", data, sections)
+    check.known("spec", data, readers)
     if "sweep" not in data:
         raise SpecError(f"spec {source}: the [sweep] section is required (name and study)")
-    tables = {name: check.table(name, data.get(name, {})) for name in sections}
-
-    sweep = tables["sweep"]
-    check.known("sweep", sweep, Sweep)
-    for key in ("name", "study"):
-        if key not in sweep:
-            raise SpecError(f"spec {source}: sweep.{key} is required")
-    name = check.text("sweep.name", sweep["name"])
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise check.error("sweep.name", "must be letters, digits, '-' or '_'", name)
-    study = check.choice("sweep.study", sweep["study"], STUDIES)
-    sweep_section = Sweep(
-        name=name,
-        study=study,
-        seed=check.integer("sweep.seed", sweep.get("seed", 0), 0),
-        dtype=check.choice("sweep.dtype", sweep.get("dtype", "float32"), DTYPES),
-    )
-
-    network = tables["network"]
-    check.known("network", network, Network)
-    network_section = Network(
-        kind=check.choice("network.kind", network.get("kind", "decoupled"), KINDS),
-        activation=check.choice(
-            "network.activation", network.get("activation", "relu"), ACTIVATIONS
-        ),
-        depth=check.integer("network.depth", network.get("depth", 1), 1, 8),
-    )
-
-    grid = tables["grid"]
-    check.known("grid", grid, Grid)
-    default = Grid()
-    grid_section = Grid(
-        widths=check.integers("grid.widths", grid.get("widths", default.widths), 1, 2**20),
-        train_sizes=check.integers(
-            "grid.train_sizes", grid.get("train_sizes", default.train_sizes), 1
-        ),
-        lr_factors=check.numbers(
-            "grid.lr_factors", grid.get("lr_factors", default.lr_factors), 0.0, 2.0
-        ),
-        architectures=check.choices(
-            "grid.architectures", grid.get("architectures", default.architectures), ARCHITECTURES
-        ),
-    )
-
-    ensemble = tables["ensemble"]
-    check.known("ensemble", ensemble, Ensemble)
-    members = check.integer("ensemble.members", ensemble.get("members", 64), 2, 10**7)
-    shard_size = check.integer("ensemble.shard_size", ensemble.get("shard_size", 16), 1)
-    if shard_size > members:
-        raise check.error("ensemble.shard_size", f"must be at most members ({members})", shard_size)
-    ensemble_section = Ensemble(members, shard_size)
-
-    training = tables["training"]
-    check.known("training", training, Training)
-    training_section = Training(
-        log_points=check.integer("training.log_points", training.get("log_points", 16), 2, 1000),
-        max_steps=check.integer("training.max_steps", training.get("max_steps", 0), 0, 10**7),
-        tolerance=check.number("training.tolerance", training.get("tolerance", 1e-3), 1e-12, 0.5),
-        target_scale=check.choice(
-            "training.target_scale", training.get("target_scale", "unit-rms"), TARGET_SCALES
-        ),
-    )
-
-    entanglement = tables["entanglement"]
-    check.known("entanglement", entanglement, Entanglement)
-    ent_default = Entanglement()
-    entanglement_section = Entanglement(
-        n_sites=check.integer(
-            "entanglement.n_sites",
-            entanglement.get("n_sites", ent_default.n_sites),
-            2,
-            MAX_ENTANGLEMENT_SITES,
-        ),
-        **{
-            key: check.number(f"entanglement.{key}", entanglement.get(key, value), 0.0)
-            for key, value in dataclasses.asdict(ent_default).items()
-            if key not in ("n_sites", "relu_depth")
-        },
-        relu_depth=check.integer(
-            "entanglement.relu_depth", entanglement.get("relu_depth", 1), 1, 8
-        ),
-    )
-    for key in ("cosnet_s0", "cosnet_s1", "gaussnet_s0"):
-        if getattr(entanglement_section, key) <= 0:
-            raise check.error(f"entanglement.{key}", "must be positive", entanglement.get(key))
-
-    kernels = tables["kernels"]
-    check.known("kernels", kernels, Kernels)
-    kernels_section = Kernels(
-        full=check.boolean("kernels.full", kernels.get("full", False)),
-        block=check.integer("kernels.block", kernels.get("block", 1024), 16, 2**16),
-    )
-
-    executor = tables["executor"]
-    check.known("executor", executor, Executor)
-    executor_section = Executor(
-        kind=check.choice("executor.kind", executor.get("kind", "local"), EXECUTORS),
-        processes=check.integer("executor.processes", executor.get("processes", 1), 1, 1024),
-        profile=check.text("executor.profile", executor.get("profile", "local")),
-        ranks=check.integer("executor.ranks", executor.get("ranks", 2), 1, 4096),
-        slurm=check.table("executor.slurm", executor.get("slurm", {})),
-    )
-    if executor_section.slurm:
-        from jobs.profiles import check_overrides
-
-        try:
-            check_overrides(executor_section.slurm, f"{source} [executor.slurm]")
-        except ValueError as error:
-            raise SpecError(f"spec {source}: executor.slurm: {error}") from None
-
-    target_section = _target(check, tables["target"], study)
-    spec = SweepSpec(
-        sweep=sweep_section,
-        target=target_section,
-        network=network_section,
-        grid=grid_section,
-        ensemble=ensemble_section,
-        training=training_section,
-        entanglement=entanglement_section,
-        kernels=kernels_section,
-        executor=executor_section,
-        source=source,
-    )
+    tables = {name: check.table(name, data.get(name, {})) for name in readers}
+    sections = {
+        name: read(check, tables[name]) for name, read in readers.items() if read is not None
+    }
+    target = _target(check, tables["target"], sections["sweep"].study)
+    spec = SweepSpec(**sections, target=target, source=source)
     _check_study(check, spec, data)
     return spec
 
 
-def _target(check: _Checker, table: dict[str, Any], study: str) -> dict[str, Any]:
+def _sweep(check: SpecChecker, table: dict[str, Any]) -> Sweep:
+    check.known("sweep", table, Sweep)
+    for key in ("name", "study"):
+        if key not in table:
+            raise SpecError(f"spec {check.source}: sweep.{key} is required")
+    name = check.text("sweep.name", table["name"])
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise check.error("sweep.name", "must be letters, digits, '-' or '_'", name)
+    default = Sweep(name, "")
+    return Sweep(
+        name=name,
+        study=check.choice("sweep.study", table["study"], registry.names()),
+        seed=check.integer("sweep.seed", table.get("seed", default.seed), 0),
+        dtype=check.choice("sweep.dtype", table.get("dtype", default.dtype), DTYPES),
+    )
+
+
+def _network(check: SpecChecker, table: dict[str, Any]) -> Network:
+    check.known("network", table, Network)
+    default = Network()
+    return Network(
+        kind=check.choice("network.kind", table.get("kind", default.kind), KINDS),
+        activation=check.choice(
+            "network.activation", table.get("activation", default.activation), ACTIVATIONS
+        ),
+        depth=check.integer("network.depth", table.get("depth", default.depth), 1, 8),
+    )
+
+
+def _grid(check: SpecChecker, table: dict[str, Any]) -> Grid:
+    check.known("grid", table, Grid)
+    default = Grid()
+    return Grid(
+        widths=check.integers("grid.widths", table.get("widths", default.widths), 1, 2**20),
+        train_sizes=check.integers(
+            "grid.train_sizes", table.get("train_sizes", default.train_sizes), 1
+        ),
+        lr_factors=check.numbers(
+            "grid.lr_factors", table.get("lr_factors", default.lr_factors), 0.0, 2.0
+        ),
+        architectures=check.choices(
+            "grid.architectures", table.get("architectures", default.architectures), ARCHITECTURES
+        ),
+    )
+
+
+def _ensemble(check: SpecChecker, table: dict[str, Any]) -> Ensemble:
+    check.known("ensemble", table, Ensemble)
+    default = Ensemble()
+    members = check.integer("ensemble.members", table.get("members", default.members), 2, 10**7)
+    shard_size = check.integer(
+        "ensemble.shard_size", table.get("shard_size", default.shard_size), 1
+    )
+    if shard_size > members:
+        raise check.error("ensemble.shard_size", f"must be at most members ({members})", shard_size)
+    return Ensemble(members, shard_size)
+
+
+def _training(check: SpecChecker, table: dict[str, Any]) -> Training:
+    check.known("training", table, Training)
+    default = Training()
+    return Training(
+        log_points=check.integer(
+            "training.log_points", table.get("log_points", default.log_points), 2, 1000
+        ),
+        max_steps=check.integer(
+            "training.max_steps", table.get("max_steps", default.max_steps), 0, 10**7
+        ),
+        tolerance=check.number(
+            "training.tolerance", table.get("tolerance", default.tolerance), 1e-12, 0.5
+        ),
+        target_scale=check.choice(
+            "training.target_scale", table.get("target_scale", default.target_scale), TARGET_SCALES
+        ),
+    )
+
+
+def _entanglement(check: SpecChecker, table: dict[str, Any]) -> Entanglement:
+    check.known("entanglement", table, Entanglement)
+    default = Entanglement()
+    section = Entanglement(
+        n_sites=check.integer(
+            "entanglement.n_sites",
+            table.get("n_sites", default.n_sites),
+            2,
+            MAX_ENTANGLEMENT_SITES,
+        ),
+        **{
+            key: check.number(f"entanglement.{key}", table.get(key, value), 0.0)
+            for key, value in dataclasses.asdict(default).items()
+            if key not in ("n_sites", "relu_depth")
+        },
+        relu_depth=check.integer(
+            "entanglement.relu_depth", table.get("relu_depth", default.relu_depth), 1, 8
+        ),
+    )
+    for key in ("cosnet_s0", "cosnet_s1", "gaussnet_s0"):
+        if getattr(section, key) <= 0:
+            raise check.error(f"entanglement.{key}", "must be positive", table.get(key))
+    return section
+
+
+def _kernels(check: SpecChecker, table: dict[str, Any]) -> Kernels:
+    check.known("kernels", table, Kernels)
+    default = Kernels()
+    return Kernels(
+        full=check.boolean("kernels.full", table.get("full", default.full)),
+        block=check.integer("kernels.block", table.get("block", default.block), 16, 2**16),
+    )
+
+
+def _executor(check: SpecChecker, table: dict[str, Any]) -> Executor:
+    check.known("executor", table, Executor)
+    default = Executor()
+    section = Executor(
+        kind=check.choice("executor.kind", table.get("kind", default.kind), EXECUTORS),
+        processes=check.integer(
+            "executor.processes", table.get("processes", default.processes), 1, 1024
+        ),
+        profile=check.text("executor.profile", table.get("profile", default.profile)),
+        ranks=check.integer("executor.ranks", table.get("ranks", default.ranks), 1, 4096),
+        slurm=check.table("executor.slurm", table.get("slurm", {})),
+    )
+    if section.slurm:
+        try:
+            check_overrides(section.slurm, f"{check.source} [executor.slurm]")
+        except ValueError as error:
+            raise SpecError(f"spec {check.source}: executor.slurm: {error}") from None
+    return section
+
+
+def _target(check: SpecChecker, table: dict[str, Any], study: str) -> dict[str, Any]:
     """The target section as ``suite.targets.make_spec`` accepts it, dimension checked."""
     model = check.choice("target.model", table.get("model", "tfim"), tuple(sorted(targets.TARGETS)))
     params = {key: value for key, value in table.items() if key != "model"}
@@ -352,38 +360,30 @@ def _target(check: _Checker, table: dict[str, Any], study: str) -> dict[str, Any
     return {"model": model, **dataclasses.asdict(quench)}
 
 
-def _check_study(check: _Checker, spec: SweepSpec, data: dict[str, Any]) -> None:
-    """Cross-field rules: settings of another study are refused, sizes fit the basis."""
-    study = spec.sweep.study
+def _check_study(check: SpecChecker, spec: SweepSpec, data: dict[str, Any]) -> None:
+    """Cross-field rules: settings of another study are refused, then the study's own."""
+    study = registry.study(spec.sweep.study)
     for section in data:
-        if section not in ("sweep", "executor", *SECTIONS[study]):
-            raise SpecError(f"spec {check.source}: [{section}] does not apply to a {study} study")
-    grid = data.get("grid", {})
-    for key in grid:
-        if key not in GRID_KEYS[study]:
+        if section not in ("sweep", "executor", *study.sections):
             raise SpecError(
-                f"spec {check.source}: grid.{key} does not apply to a {study} study "
-                f"(its grid: {', '.join(GRID_KEYS[study])})"
+                f"spec {check.source}: [{section}] does not apply to a {study.name} study"
             )
-    if study == "entanglement":
-        return
-    dimension = target_dimension(spec)
-    for size in spec.grid.train_sizes:
-        if size >= dimension:
-            raise check.error(
-                "grid.train_sizes",
-                f"must be less than the basis dimension {dimension} (a test set must remain)",
-                size,
+    for key in data.get("grid", {}):
+        if key not in study.grid_keys:
+            raise SpecError(
+                f"spec {check.source}: grid.{key} does not apply to a {study.name} study "
+                f"(its grid: {', '.join(study.grid_keys)})"
             )
+    study.check(spec, check)
 
 
 def target_dimension(spec: SweepSpec) -> int:
     """Dimension of the target's basis (no diagonalisation)."""
-    return _basis(spec).dimension
+    return target_basis(spec).dimension
 
 
 # ---------------------------------------------------------------------------------------
-# memory estimate
+# resources of this host (the memory estimates of jobs.studies use them)
 # ---------------------------------------------------------------------------------------
 
 
@@ -407,158 +407,22 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def shard_memory_bytes(spec: SweepSpec) -> int:
-    """Rough peak memory (bytes) of the process that runs one task.
-
-    dynamics (the engine of ``suite.training``): the members' parameters three times
-    (state, gradients, update) in the training dtype; per lane (two per core) the block
-    intermediates the engine bounds by ``suite.training.BLOCK_ELEMENTS`` elements (per
-    hidden layer: pre-activations, ``act'(z) r``, ``act(z)``); the per-block sums of one
-    evaluation and the shard's sums ``5 x steps x D`` (float64: on device, on the host,
-    encoded); the basis inputs; the compiled programs of the grid points a process may
-    run in turn (:data:`PROGRAM_BYTES` each). kernels: one member's Jacobian on the
-    largest train set and the ``2B x 2B`` kernels. entanglement: the members' amplitudes
-    and hidden activations on ``2**n_sites`` configurations. Each plus
-    :data:`BASELINE_BYTES`.
-    """
-    width = max(spec.grid.widths)
-    members = spec.ensemble.shard_size
-    if spec.sweep.study == "entanglement":
-        dimension = 2**spec.entanglement.n_sites
-        return BASELINE_BYTES + 8 * members * dimension * (width + 4)
-    itemsize = 4 if spec.sweep.dtype == "float32" else 8
-    basis = _basis(spec)
-    dimension, in_dim, depth = basis.dimension, basis.n_sites, spec.network.depth
-    parameters = 2 * (width * (in_dim + 2) + (depth - 1) * width * (width + 1))
-    train = max(spec.grid.train_sizes)
-    if spec.sweep.study == "kernels":
-        return BASELINE_BYTES + 8 * (2 * train * parameters + 4 * (2 * train) ** 2)
-    per_unit = 2 * width  # the engine's block arithmetic (suite.training._layout)
-    chunk = max(1, min(train, BLOCK_ELEMENTS // per_unit))
-    blocks = -(-members // max(1, BLOCK_ELEMENTS // (per_unit * chunk)))
-    intermediates = 3 * depth * 2 * _cores() * BLOCK_ELEMENTS * itemsize
-    sums = 8 * 5 * dimension * (blocks + 3 * (spec.training.log_points + 1))
-    inputs = 32 * dimension * (in_dim + 2)
-    programs = PROGRAM_BYTES * min(32, _grid_points(spec))
-    arrays = 3 * itemsize * members * parameters + intermediates + sums + inputs
-    return BASELINE_BYTES + programs + arrays
-
-
-def preparation_memory_bytes(spec: SweepSpec) -> int:
-    """Rough peak memory (bytes) of the process that creates the store (jobs.studies).
-
-    dynamics / kernels: the target (sparse Hamiltonian, Krylov vectors, inputs: about
-    ``24 (n_sites + 8)`` bytes a state); one supervised problem at a time, the largest:
-    its NNGP and NTK blocks between the basis and the train set, ``2 x 4 x D x B``
-    float64, and the Gram's integer index; the train-set QS-NTK's eigendecomposition and
-    the products of the set losses, ``(2B)^2`` float64 several times, and their row
-    blocks (``suite.supervised.ROW_BLOCK_ELEMENTS``, theory.md §5); the Gram tiles in
-    flight (a few per core; ``D x D`` tiles with ``kernels.full``). entanglement: the
-    closed-form GP estimate is ``O(n_sites)``. Each plus :data:`BASELINE_BYTES`.
-    """
-    if spec.sweep.study == "entanglement":
-        return BASELINE_BYTES
-    basis = _basis(spec)
-    dimension, train = basis.dimension, max(spec.grid.train_sizes)
-    target = 24 * dimension * (basis.n_sites + 8)
-    problem = 72 * dimension * train
-    rows = min(ROW_BLOCK_ELEMENTS, 4 * dimension * train)
-    train_algebra = 8 * 8 * ((2 * train) ** 2 + rows)
-    tile = min(dimension, spec.kernels.block)
-    columns = max(train, tile) if spec.kernels.full else train
-    tiles = 4 * 8 * _cores() * tile * columns
-    return BASELINE_BYTES + target + problem + train_algebra + tiles
-
-
-def aggregation_memory_bytes(spec: SweepSpec) -> int:
-    """Rough peak memory (bytes) of aggregating (analysis.aggregate), in the process that
-    runs the Dask threads: :func:`aggregation_threads` grid points at once, each holding
-    its members' results and (dynamics) its shards' sums accumulated one shard at a time,
-    with the estimators of ``suite.training.summarize``: about 25 ``steps x D`` float64
-    arrays; (kernels) the ``2B x 2B`` kernel sums. Plus :data:`BASELINE_BYTES`.
-    """
-    threads = min(aggregation_threads(), _grid_points(spec))
-    members, steps = spec.ensemble.members, spec.training.log_points + 1
-    if spec.sweep.study == "entanglement":
-        per_point = 3 * 8 * members * (spec.entanglement.n_sites + 2)
-    elif spec.sweep.study == "kernels":
-        per_point = 3 * 8 * (2 * max(spec.grid.train_sizes)) ** 2 + 8 * members
-    else:
-        per_point = 25 * 8 * steps * _basis(spec).dimension + 2 * 2 * 8 * members * steps
-    return BASELINE_BYTES + threads * per_point
-
-
-#: each phase's estimate and what it is called
-PHASES = {
-    "preparation": (preparation_memory_bytes, "preparing the store"),
-    "shard": (shard_memory_bytes, "a shard"),
-    "aggregation": (aggregation_memory_bytes, "aggregating a grid point"),
-}
-#: the field that lowers each phase's memory, per study
-LOWERED_BY = {
-    ("preparation", "dynamics"): "grid.train_sizes",
-    ("preparation", "kernels"): "grid.train_sizes",
-    ("preparation", "entanglement"): "entanglement.n_sites",
-    ("shard", "dynamics"): "ensemble.shard_size",
-    ("shard", "kernels"): "grid.widths",
-    ("shard", "entanglement"): "ensemble.shard_size",
-    ("aggregation", "dynamics"): "training.log_points",
-    ("aggregation", "kernels"): "grid.train_sizes",
-    ("aggregation", "entanglement"): "ensemble.members",
-}
-
-
-def memory_estimates(spec: SweepSpec) -> dict[str, int]:
-    """Rough peak memory (bytes) of each phase: ``preparation``, ``shard``, ``aggregation``."""
-    return {name: estimate(spec) for name, (estimate, _) in PHASES.items()}
-
-
-def check_memory(spec: SweepSpec, available: int | None = None) -> None:
-    """Refuse a sweep whose most demanding phase (creating the store, a shard, aggregating;
-    :func:`memory_estimates`) would not fit in ``available`` bytes (default: this host).
-
-    The message names that phase and the field that lowers it.
-    """
-    available = available_memory_bytes() if available is None else available
-    estimates = memory_estimates(spec)
-    name = max(estimates, key=estimates.__getitem__)
-    needed = estimates[name]
-    if needed <= available:
-        return
-    field_name = LOWERED_BY[name, spec.sweep.study]
-    both = field_name == "ensemble.shard_size"
-    lower = f"{field_name} or grid.widths" if both else field_name
-    raise SpecError(
-        f"spec {spec.source}: {field_name}: {PHASES[name][1]} needs about "
-        f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
-        f"lower {lower}"
-    )
-
-
 def aggregation_threads() -> int:
-    """Grid points the in-process Dask aggregation works on at once (analysis.aggregate)."""
+    """Grid points the in-process Dask aggregation works on at once (jobs.aggregate)."""
     return min(4, os.cpu_count() or 1)
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """Cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         return os.cpu_count() or 1
 
 
-def _basis(spec: SweepSpec) -> Any:
+def target_basis(spec: SweepSpec) -> Any:
+    """The target's basis (its dimension and sites), without diagonalising anything."""
     return targets.basis_of(targets.make_spec(**spec.target))
-
-
-def _grid_points(spec: SweepSpec) -> int:
-    """Number of grid points (as jobs.studies.grid_axes, whose module imports this one)."""
-    grid = spec.grid
-    if spec.sweep.study == "dynamics":
-        return len(grid.train_sizes) * len(grid.lr_factors) * len(grid.widths)
-    if spec.sweep.study == "entanglement":
-        return len(grid.architectures) * len(grid.widths)
-    return len(grid.widths)
 
 
 # ---------------------------------------------------------------------------------------
@@ -567,7 +431,9 @@ def _grid_points(spec: SweepSpec) -> int:
 
 
 @dataclass(frozen=True)
-class _Checker:
+class SpecChecker:
+    """Checks of one field each; every error names the spec and the field."""
+
     source: str
 
     def error(self, name: str, requirement: str, value: Any) -> SpecError:
@@ -652,3 +518,8 @@ class _Checker:
         for item in items:
             self.choice(name, item, options)
         return self._distinct(name, items)
+
+
+def store_spec(store: SweepStore) -> SweepSpec:
+    """The spec a store was created from (re-validated)."""
+    return parse_spec(store.attrs["spec"], f"store {store.path.name}")

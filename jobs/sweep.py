@@ -25,8 +25,10 @@ from typing import Any
 
 import jax
 
-from jobs.spec import SweepSpec, check_memory, parse_spec
-from jobs.studies import LAYOUTS, TASKS, expand, write_grams
+from jobs.aggregate import aggregate
+from jobs.registry import study
+from jobs.spec import SweepSpec, store_spec
+from jobs.studies import check_memory, expand, write_grams
 from suite.store import StoreError, SweepStore
 
 STATES = ("pending", "running", "done", "failed", "corrupt")
@@ -55,7 +57,7 @@ def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
             )
         return store
     check_memory(spec)
-    layout = LAYOUTS[spec.sweep.study](spec)
+    layout = study(spec.sweep.study).layout(spec)
     return SweepStore.create(
         path,
         layout.arrays,
@@ -65,11 +67,6 @@ def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
         layout.initial,
         populate=lambda group: write_grams(group, layout),
     )
-
-
-def store_spec(store: SweepStore) -> SweepSpec:
-    """The spec a store was created from (re-validated)."""
-    return parse_spec(store.attrs["spec"], f"store {store.path.name}")
 
 
 def execute_task(path: str | os.PathLike[str], task_id: int) -> str:
@@ -88,7 +85,7 @@ def execute_task(path: str | os.PathLike[str], task_id: int) -> str:
     store.record(task_id, "running")
     clock = time.perf_counter()
     try:
-        regions = TASKS[spec.sweep.study](spec, store, task)
+        regions = study(spec.sweep.study).run(spec, store, task)
     except BaseException as error:
         store.record(task_id, "failed", error=f"{type(error).__name__}: {error}")
         raise
@@ -192,8 +189,6 @@ def _slurm_jobs() -> set[str] | None:
 
 def finalize(store: SweepStore, scheduler: str | None = None, progress: bool = True) -> None:
     """Aggregate the ensembles with Dask into the store and consolidate its metadata."""
-    from analysis.aggregate import aggregate
-
     aggregate(store.path, scheduler=scheduler, progress=progress)
     store.update_attrs(finalized_unix=round(time.time(), 3))
     store.consolidate()

@@ -26,4 +26,4 @@ parity: $(PARITY_DIR)/reference.npz $(VENV)/.installed
 	NNQS_PARITY_DIR=$(PARITY_DIR) $(VENV)/bin/python -m pytest -m parity tests/test_parity.py
 
 bench-kernels: $(NT_VENV)/.installed $(VENV)/.installed
-	$(VENV)/bin/python -m analysis.bench_kernels --nt-python $(NT_VENV)/bin/python
+	$(VENV)/bin/python -m analysis.bench.kernels --nt-python $(NT_VENV)/bin/python

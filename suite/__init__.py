@@ -1,7 +1,7 @@
 """nnqs-suite: infinite neural network quantum states at HPC scale.
 
 Importing the package enables JAX's 64-bit mode: kernels and dynamics are
-compared with theory in float64 (``../shared/theory.md``). Finite-width
+compared with theory in float64 (``docs/theory.md``). Finite-width
 ensembles may still run in float32 where their caller asks for it.
 """
 

@@ -1,4 +1,4 @@
-"""Infinite-width gradient-descent predictions (theory.md §5).
+"""Infinite-width gradient-descent predictions (docs/theory.md §5).
 
 For the loss ``L = (1/(2B)) sum_b (g(x_b) - y_b)^2`` and full-batch gradient
 descent with step ``eta``, a linearised network evolves as
@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from suite.kernels.qsntk import PairKernel
+from suite.qsntk import PairKernel
 
 #: eigenvalues of Theta(X, X) at or below this fraction of the largest are null
 NULL_RTOL = 1e-12
@@ -90,7 +90,7 @@ def train_spectrum(ntk_train_train: np.ndarray, rtol: float = NULL_RTOL) -> Trai
 
 
 def max_learning_rate(ntk_train_train: np.ndarray | TrainSpectrum) -> float:
-    """``eta_max = 2B / lambda_max(Theta(X, X))`` (theory.md §5), from a matrix or spectrum."""
+    """``eta_max = 2B / lambda_max(Theta(X, X))`` (docs/theory.md §5), from a matrix or spectrum."""
     spectrum = (
         ntk_train_train
         if isinstance(ntk_train_train, TrainSpectrum)
@@ -152,12 +152,13 @@ def predict_gd(
     """Ensemble mean ``(T, n)`` and covariance ``(T, n, n)`` of a GD-trained ensemble.
 
     ``y_train`` may be real or complex (the prediction is linear in it); the
-    covariance is of each real part of the output (theory.md §5). Pass
+    covariance is of each real part of the output (docs/theory.md §5). Pass
     ``nngp_test_test=None`` to skip the covariance; pass its diagonal (1-d) to get
     variances ``(T, n)`` only. ``batch_size`` is the B of the loss's ``1/(2B)``
     (default: the number of rows of ``Theta(X, X)``; :func:`predict_nnqs` stacks the
     real and imaginary parts, 2B rows for B points).
     """
+    # over 60 lines: the shape checks, then the eigenbasis filter at each time
     spectrum = train_spectrum(ntk_train_train)
     theta_xX = np.asarray(ntk_test_train, dtype=np.float64)
     k_XX = np.asarray(nngp_train_train, dtype=np.float64)
@@ -214,7 +215,7 @@ def _stack(blocks: PairKernel) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NNQSPrediction:
-    """Infinite-width ensemble of ``psi_t = u_t + i v_t`` at a list of times (theory.md §5).
+    """Infinite-width ensemble of ``psi_t = u_t + i v_t`` at a list of times (docs/theory.md §5).
 
     ``mean`` is ``(T, n)`` complex; ``variance`` is ``Var u + Var v = E|psi - mean|^2``,
     ``(T, n)``.
@@ -236,7 +237,8 @@ def predict_nnqs(
     times: Sequence[float],
     discrete: bool = False,
 ) -> NNQSPrediction:
-    """Mean and variance of a GD-trained NNQS ensemble through its full QS-NTK (theory.md §4-§5).
+    """Mean and variance of a GD-trained NNQS ensemble through its full QS-NTK
+    (docs/theory.md §4-§5).
 
     For the loss ``(1/(2B)) sum_b |psi_b - phi_b|^2`` the real parameters flow as
     ``d/dt [u; v] = -(eta/B) [[Theta_uu, Theta_uv], [Theta_vu, Theta_vv]] [u - Re phi; v - Im phi]``
@@ -280,7 +282,7 @@ def predicted_losses(prediction: NNQSPrediction, phi: np.ndarray) -> tuple[np.nd
     """Loss of the mean (paper Eq. 16) and mean of the losses (Eq. 17/18) on a set, ``(T,)`` each.
 
     ``L_mean = (1/|S|) sum_x |mu_t(x) - phi(x)|^2`` and
-    ``L_ens = L_mean + (1/|S|) sum_x Var psi_t(x)`` (theory.md §5).
+    ``L_ens = L_mean + (1/|S|) sum_x Var psi_t(x)`` (docs/theory.md §5).
     """
     phi = np.asarray(phi)
     if phi.shape != prediction.mean.shape[1:]:
@@ -311,7 +313,7 @@ def gd_filters(
 ) -> np.ndarray:
     """``(R, T)``: the filter ``(1 - E_t(lambda)) / lambda`` of each eigenvalue at each time.
 
-    ``T_t(x) = Theta(x, X) V diag(f_t) V^T`` (theory.md §5); 0 on the null space;
+    ``T_t(x) = Theta(x, X) V diag(f_t) V^T`` (docs/theory.md §5); 0 on the null space;
     ``batch_size`` as in :func:`predict_gd`.
     """
     batch = spectrum.eigenvalues.size if batch_size is None else batch_size
@@ -333,7 +335,7 @@ def set_loss_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sums over a set's rows of ``(mu_t - target)^2`` and of ``Var_t``, ``(T,)`` each.
 
-    The set-level quantities of theory.md §5 without the ``(n, n)`` covariance or the
+    The set-level quantities of docs/theory.md §5 without the ``(n, n)`` covariance or the
     ``(T, n)`` per-point prediction of :func:`predict_gd` (same kernels, ``spectrum`` of
     ``Theta(X, X)``), for each column ``f_t`` of ``filters`` (:func:`gd_filters`; columns
     of several learning rates and time modes may be stacked): with

@@ -1,4 +1,4 @@
-"""Bipartite entanglement of exact state vectors and of NNQS ensembles (theory.md §6).
+"""Bipartite entanglement of exact state vectors and of NNQS ensembles (docs/theory.md §6).
 
 The state is normalised over the full basis and its sites are split into A
 (by default the first ``n_a`` sites) and B (the rest). The squared singular values
@@ -47,7 +47,8 @@ PAGE_EXACT_BELOW = 1000
 def bipartite_matrix(
     basis: Basis, psi: np.ndarray, n_a: int, *, compact: bool = True
 ) -> np.ndarray:
-    """Coefficient matrix ``Psi[a, b]`` of ``psi`` for the cut after ``n_a`` sites (theory.md §6).
+    """Coefficient matrix ``Psi[a, b]`` of ``psi`` for the cut after ``n_a`` sites
+    (docs/theory.md §6).
 
     Built from ``basis.split(n_a)``. With ``compact=False`` the rows and columns
     run over the full local spaces of A and B (``dim_a x dim_b``); with
@@ -69,7 +70,7 @@ def bipartite_matrix(
 
 
 def schmidt_probabilities(psi_matrix: np.ndarray) -> np.ndarray:
-    """Squared singular values of the normalised coefficient matrix (theory.md §6).
+    """Squared singular values of the normalised coefficient matrix (docs/theory.md §6).
 
     The result is sorted in decreasing order and sums to one.
     """
@@ -85,7 +86,7 @@ def schmidt_probabilities_blockwise(basis: Basis, psi: np.ndarray, n_a: int) -> 
     """Schmidt probabilities of ``psi`` for the cut after ``n_a`` sites, block by block.
 
     Same result as ``schmidt_probabilities(bipartite_matrix(basis, psi, n_a))``
-    (theory.md §6), but the coefficient matrix is first split into the
+    (docs/theory.md §6), but the coefficient matrix is first split into the
     connected components of the bipartite graph "A configuration -- B
     configuration" spanned by the basis states. The matrix is block diagonal
     in these components (for fixed particle numbers they are the sectors of
@@ -119,7 +120,7 @@ def schmidt_probabilities_blockwise(basis: Basis, psi: np.ndarray, n_a: int) -> 
 
 
 def entropy(p: np.ndarray, n: float = 1) -> np.ndarray:
-    """Renyi entropy ``ln(sum_k p_k^n) / (1 - n)`` along the last axis of ``p`` (theory.md §6).
+    """Renyi entropy ``ln(sum_k p_k^n) / (1 - n)`` along the last axis of ``p`` (docs/theory.md §6).
 
     Natural log. ``n = 1`` is the von Neumann entropy ``-sum_k p_k ln p_k`` (the
     ``n -> 1`` limit), ``n = inf`` the min-entropy ``-ln max_k p_k``; ``n`` must be
@@ -143,12 +144,13 @@ def check_order(n: float) -> None:
 
 
 def von_neumann_entropy(p: np.ndarray) -> float:
-    """Von Neumann entropy ``-sum_k p_k ln p_k`` (natural log), zeros ignored (theory.md §6)."""
+    """Von Neumann entropy ``-sum_k p_k ln p_k`` (natural log), zeros ignored
+    (docs/theory.md §6)."""
     return float(entropy(p, 1))
 
 
 def renyi_entropy(p: np.ndarray, n: float) -> float:
-    """Renyi entropy ``ln(sum_k p_k^n) / (1 - n)`` (natural log, theory.md §6).
+    """Renyi entropy ``ln(sum_k p_k^n) / (1 - n)`` (natural log, docs/theory.md §6).
 
     ``n = 1`` gives the von Neumann limit and ``n = inf`` the min-entropy
     ``-ln max_k p_k``; ``n`` must be positive.
@@ -184,7 +186,7 @@ def _spin_sites(psi: np.ndarray) -> int:
 
 
 def spin_bipartite_matrices(psi: np.ndarray, sites: Subsystem) -> np.ndarray:
-    """Coefficient matrices ``Psi[..., a, b]`` of spin states for A = ``sites`` (theory.md §6).
+    """Coefficient matrices ``Psi[..., a, b]`` of spin states for A = ``sites`` (docs/theory.md §6).
 
     ``psi`` has shape ``(..., 2**N)`` in the :class:`~suite.hilbert.SpinBasis` order
     (site 0 most significant); the result has shape ``(..., 2**|A|, 2**|B|)`` with
@@ -202,7 +204,7 @@ def spin_bipartite_matrices(psi: np.ndarray, sites: Subsystem) -> np.ndarray:
 
 
 def schmidt_spectra(psi: np.ndarray, sites: Subsystem) -> np.ndarray:
-    """Schmidt probabilities of each normalised spin state for A = ``sites`` (theory.md §6).
+    """Schmidt probabilities of each normalised spin state for A = ``sites`` (docs/theory.md §6).
 
     Batched over the leading axes of ``psi`` (shape ``(..., 2**N)``): squared singular
     values of :func:`spin_bipartite_matrices` divided by each state's squared norm,
@@ -223,7 +225,7 @@ def entanglement_profile(
     subsystems: Sequence[Subsystem] | None = None,
     orders: Sequence[float] = (1, 2),
 ) -> list[dict[str, object]]:
-    """Entropies of one state for several subsystems, as plain floats (theory.md §6).
+    """Entropies of one state for several subsystems, as plain floats (docs/theory.md §6).
 
     ``subsystems`` defaults to the first ``n_a`` sites for ``n_a = 1 .. N // 2``. A
     :class:`~suite.hilbert.SpinBasis` accepts any list of sites; other bases (fermions,
@@ -284,7 +286,7 @@ def _check_dims(dim_a: object, dim_b: object) -> tuple[int, int]:
 
 
 def page_entropy(dim_a: int, dim_b: int) -> float:
-    """Page value: the Haar-mean von Neumann entropy of A (theory.md §6, natural log).
+    """Page value: the Haar-mean von Neumann entropy of A (docs/theory.md §6, natural log).
 
     With ``m = min(dim_a, dim_b)`` and ``n = max``:
     ``S_Page = sum_{k=n+1}^{mn} 1/k - (m - 1)/(2n)``. Dimensions are ints of any
@@ -295,7 +297,7 @@ def page_entropy(dim_a: int, dim_b: int) -> float:
 
 
 def haar_purity(dim_a: int, dim_b: int, field: Literal["complex", "real"] = "complex") -> float:
-    """Haar-mean purity ``E[Tr rho_A^2]`` of random pure states (theory.md §6).
+    """Haar-mean purity ``E[Tr rho_A^2]`` of random pure states (docs/theory.md §6).
 
     ``(m + n)/(mn + 1)`` for complex states (unitarily invariant), and
     ``(m + n + 1)/(mn + 2)`` for real states (orthogonally invariant: the third Wick
@@ -310,7 +312,7 @@ def haar_purity(dim_a: int, dim_b: int, field: Literal["complex", "real"] = "com
 
 
 class EnsembleEntanglement(NamedTuple):
-    """Per-member entanglement of (a shard of) an ensemble of states (theory.md §6).
+    """Per-member entanglement of (a shard of) an ensemble of states (docs/theory.md §6).
 
     ``members`` are the member indices ``(M,)``; ``von_neumann`` and ``purity``
     (``Tr rho_A^2`` of the normalised state) have shape ``(M, len(subsystems))``;
@@ -333,7 +335,7 @@ class EnsembleEntanglement(NamedTuple):
 
         ``rho~ = |psi><psi|`` unnormalised: ``Tr rho~_A^2 = <psi|psi>^2 Tr rho_A^2`` and
         ``(Tr rho~)^2 = <psi|psi>^2``. This ratio of ensemble means is what the GP
-        estimate of :mod:`suite.replica` predicts (theory.md §6); shape ``(len(subsystems),)``.
+        estimate of :mod:`suite.replica` predicts (docs/theory.md §6); shape ``(len(subsystems),)``.
         """
         weights = self.norm_sq**2
         return -np.log(np.mean(weights[:, None] * self.purity, axis=0) / np.mean(weights))
@@ -381,7 +383,7 @@ def ensemble_entanglement(
     members: Sequence[int] | np.ndarray,
     member_chunk: int = 4,
 ) -> EnsembleEntanglement:
-    """Entanglement of each member of an NNQS ensemble on ``n_sites`` spins (theory.md §6).
+    """Entanglement of each member of an NNQS ensemble on ``n_sites`` spins (docs/theory.md §6).
 
     Members are evaluated ``member_chunk`` at a time (memory grows like
     ``member_chunk * 2**N * width``); each member's amplitudes over all ``2**N``
@@ -425,3 +427,20 @@ def combine_ensembles(shards: Sequence[EnsembleEntanglement]) -> EnsembleEntangl
             for name in EnsembleEntanglement._fields[2:]
         ),
     )
+
+
+def ensemble_summary(result: EnsembleEntanglement) -> dict[str, list[float]]:
+    """Means and standard errors of ``S_vN``, ``S_2``; the replica ratio, its jackknife error."""
+    members = result.von_neumann.shape[0]
+
+    def sem(values: np.ndarray) -> list[float]:
+        return (values.std(axis=0, ddof=1) / math.sqrt(members)).tolist()
+
+    return {
+        "mean_von_neumann": result.von_neumann.mean(axis=0).tolist(),
+        "sem_von_neumann": sem(result.von_neumann),
+        "mean_renyi2": result.renyi2.mean(axis=0).tolist(),
+        "sem_renyi2": sem(result.renyi2),
+        "ratio_renyi2": result.ratio_renyi2().tolist(),
+        "sem_ratio_renyi2": result.ratio_renyi2_sem().tolist(),
+    }

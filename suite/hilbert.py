@@ -1,6 +1,6 @@
-"""Computational bases for spin-1/2 and fixed-filling Fermi-Hubbard systems (theory.md §1).
+"""Computational bases for spin-1/2 and fixed-filling Fermi-Hubbard systems (docs/theory.md §1).
 
-Conventions (theory.md §1):
+Conventions (docs/theory.md §1):
 
 * ``SpinBasis``: basis index ``k`` of ``N`` spins has site ``i`` up (``s_i = +1``)
   iff bit ``N - 1 - i`` of ``k`` is 0. Index 0 is all-up and the first sites are
@@ -39,7 +39,7 @@ MAX_HUBBARD_SITES = 31
 """Largest Hubbard system whose ``2N`` mode bits fit in an int64 occupation integer."""
 
 DEFAULT_ENCODING = (0.0, 1.0, 2.0, 3.0)
-"""Network input for a site that is empty, down, up, double (theory.md §1)."""
+"""Network input for a site that is empty, down, up, double (docs/theory.md §1)."""
 
 SplitIndices = tuple[np.ndarray, np.ndarray, int, int]
 """``(index_a, index_b, dim_a, dim_b)`` returned by ``split``."""
@@ -98,7 +98,7 @@ def _spread_bits(patterns: np.ndarray, n_bits: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SpinBasis:
-    """Basis of ``n_sites`` spin-1/2 sites (theory.md §1), ``2**n_sites`` states.
+    """Basis of ``n_sites`` spin-1/2 sites (docs/theory.md §1), ``2**n_sites`` states.
 
     Site ``i`` of basis state ``k`` is up (``+1``) iff bit ``n_sites - 1 - i``
     of ``k`` is 0: index 0 is all-up, site 0 is the most significant digit.
@@ -135,7 +135,7 @@ class SpinBasis:
         """Bipartite indices of every basis state: first ``n_a`` sites (A) and the rest (B).
 
         Returns ``(index_a, index_b, 2**n_a, 2**(n_sites - n_a))`` such that
-        ``Psi[index_a, index_b] = psi`` is the coefficient matrix of theory.md §6;
+        ``Psi[index_a, index_b] = psi`` is the coefficient matrix of docs/theory.md §6;
         A and B use this same basis convention on their own sites.
         """
         n_b = self.n_sites - _check_subsystem(n_a, self.n_sites)
@@ -150,7 +150,7 @@ class SpinBasis:
 
 @dataclass(frozen=True)
 class HubbardBasis:
-    """Fixed-filling Fermi-Hubbard basis (theory.md §1).
+    """Fixed-filling Fermi-Hubbard basis (docs/theory.md §1).
 
     Modes are ``2 * site + spin`` (up = 0, down = 1); a basis state is
     ``prod_{modes in increasing order} c^dagger_mode |0>`` (Jordan-Wigner).
@@ -232,7 +232,7 @@ class HubbardBasis:
 
         Returns ``(index_a, index_b, 4**n_a, 4**(n_sites - n_a))``, indices into
         the full Fock spaces of A and B (same digit convention), such that
-        ``Psi[index_a, index_b] = psi`` is the coefficient matrix of theory.md §6.
+        ``Psi[index_a, index_b] = psi`` is the coefficient matrix of docs/theory.md §6.
         All modes of A precede those of B in the normal order, so
         ``|a b> = (prod_A c^dagger)(prod_B c^dagger)|0>`` factorises without any
         fermionic sign.

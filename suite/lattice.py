@@ -1,8 +1,8 @@
-"""Rectangular lattices with row-major site numbering (theory.md §1-§2).
+"""Rectangular lattices with row-major site numbering (docs/theory.md §1-§2).
 
 Sites of an ``lx x ly`` lattice are numbered row-major, ``site = y * lx + x``
 with ``0 <= x < lx`` and ``0 <= y < ly``. The nearest-neighbour bonds ``<ij>``
-of the Hamiltonians in theory.md §2 are listed once each, as pairs ``i < j``:
+of the Hamiltonians in docs/theory.md §2 are listed once each, as pairs ``i < j``:
 a periodic side of length 2 contributes its bond once (not twice) and a side of
 length 1 contributes no bond.
 """
@@ -32,7 +32,7 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
 
 @dataclass(frozen=True)
 class Lattice:
-    """An ``lx x ly`` rectangular lattice (theory.md §2).
+    """An ``lx x ly`` rectangular lattice (docs/theory.md §2).
 
     Attributes:
         lx: number of sites along x (positive integer).

@@ -1,6 +1,6 @@
 """Layers as (init, apply, kernel) triples, in the style of neural-tangents' stax.
 
-theory.md §3 (networks) and §4 (kernels). A layer is three pure functions:
+docs/theory.md §3 (networks) and §4 (kernels). A layer is three pure functions:
 
 * ``init(key, in_dim) -> (out_dim, params)`` with ``params = (trainable, frozen)``,
   two dicts of arrays; gradient descent and the tangent kernels only see
@@ -13,7 +13,7 @@ Every kernel map here is elementwise in the four arrays of :class:`Kernel`, so
 a kernel is a plain function of the input statistics ``(|x|^2, |x'|^2, x.x')``:
 that is what makes the table fast path of :mod:`suite.kernels.discrete` exact.
 
-Parameterisations (theory.md §3). NTK: all weights and biases iid N(0, 1),
+Parameterisations (docs/theory.md §3). NTK: all weights and biases iid N(0, 1),
 ``h = (sw/sqrt(n_in)) W a + sb b``. Standard: ``W ~ N(0, sw^2/n_in)``,
 ``b ~ N(0, sb^2)``, ``h = W a + b`` (same NNGP, NTK that grows with the width,
 neural-tangents' convention). ``sb=None`` means no bias parameter at all.
@@ -35,7 +35,7 @@ Parameterization = Literal["ntk", "standard"]
 
 
 class Kernel(NamedTuple):
-    """Second moments between two inputs x, x' of one layer's units (theory.md §4).
+    """Second moments between two inputs x, x' of one layer's units (docs/theory.md §4).
 
     ``var1 = K(x, x)``, ``var2 = K(x', x')``, ``nngp = K(x, x')``,
     ``dist = E[(z(x) - z(x'))^2] = K(x, x) + K(x', x') - 2 K(x, x')``,
@@ -66,7 +66,7 @@ class Layer(NamedTuple):
 
 
 def input_kernel(sq1: Array, sq2: Array, dot: Array, dim: int) -> Kernel:
-    """The kernel of the raw inputs: ``x.x'/d`` and no tangent part (theory.md §4).
+    """The kernel of the raw inputs: ``x.x'/d`` and no tangent part (docs/theory.md §4).
 
     ``sq1 = |x|^2``, ``sq2 = |x'|^2`` and ``dot = x.x'``; inputs enter only through
     these, which is what the discrete fast path exploits. For integer inputs
@@ -107,7 +107,7 @@ def dense(
     parameterization: Parameterization = "ntk",
     trainable: bool = True,
 ) -> Layer:
-    """Fully connected layer ``h = (sw/sqrt(n_in)) W a + sb b`` (theory.md §3-§4).
+    """Fully connected layer ``h = (sw/sqrt(n_in)) W a + sb b`` (docs/theory.md §3-§4).
 
     Kernel map (NTK parameterisation): ``K' = sw^2 K + sb^2`` and
     ``Theta' = K' + sw^2 Theta`` (the ``K'`` term only when the layer trains).
@@ -166,7 +166,7 @@ def _safe_sqrt(x: Array) -> Array:
 
 
 def relu() -> Layer:
-    """ReLU with its arc-cosine kernel map (theory.md §4).
+    """ReLU with its arc-cosine kernel map (docs/theory.md §4).
 
     With ``c = K12/sqrt(K11 K22)`` and ``th = arccos c``:
     ``K12' = sqrt(K11 K22) J(th) / (2 pi)``, ``J = sin th + (pi - th) cos th``,
@@ -199,7 +199,7 @@ def relu() -> Layer:
 
 
 def erf_activation() -> Layer:
-    """``erf`` with its closed-form kernel map (Williams 1997; theory.md §4).
+    """``erf`` with its closed-form kernel map (Williams 1997; docs/theory.md §4).
 
     ``K12' = (2/pi) arcsin(2 K12 / sqrt((1 + 2 K11)(1 + 2 K22)))`` and
     ``Theta' = Theta (4/pi) / sqrt((1 + 2 K11)(1 + 2 K22) - 4 K12^2)``.
@@ -222,7 +222,7 @@ def erf_activation() -> Layer:
 
 
 def cos_features(width: int, s0: float, trainable: bool = True) -> Layer:
-    """CosNet hidden layer ``cos((s0/sqrt(d)) W0 x + b)``, ``b ~ U(-pi, pi)`` (theory.md §3).
+    """CosNet hidden layer ``cos((s0/sqrt(d)) W0 x + b)``, ``b ~ U(-pi, pi)`` (docs/theory.md §3).
 
     With ``z`` the Gaussian part: ``K' = exp(-E[(z-z')^2]/2) / 2`` and, because the
     uniform phase removes ``cos(z + z')`` terms, ``E[sin z sin z'] = K'`` too, so
@@ -257,7 +257,7 @@ def cos_features(width: int, s0: float, trainable: bool = True) -> Layer:
 def exp_features(width: int, s0: float, sb: float = 1.0, trainable: bool = True) -> Layer:
     """GaussNet hidden layer ``exp(z) / sqrt(E[exp(2 z)])`` with ``z = (s0/sqrt(d)) W0 x + sb b``.
 
-    theory.md §3 and paper Eq. S26-S28. The normaliser ``exp(Var z(x))`` depends on
+    docs/theory.md §3 and paper Eq. S26-S28. The normaliser ``exp(Var z(x))`` depends on
     the input only, so it must be the first layer (its input is deterministic).
     ``K' = exp(-E[(z-z')^2]/2)`` and ``Theta' = K' (s0^2 Theta + [trainable] K_z)``.
     """

@@ -1,4 +1,4 @@
-"""Finite-width networks and neural network quantum states (theory.md §3).
+"""Finite-width networks and neural network quantum states (docs/theory.md §3).
 
 Architectures are :class:`suite.layers.Layer` triples with one real output;
 :class:`NNQS` turns them into complex wavefunctions ``psi(x) = u(x) + i v(x)``:
@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from suite.kernels.qsntk import PairKernel, decoupled_pair
 from suite.layers import (
     Kernel,
     Layer,
@@ -39,6 +38,7 @@ from suite.layers import (
     relu,
     serial,
 )
+from suite.qsntk import PairKernel, decoupled_pair
 
 Array = jax.Array
 Activation = Literal["relu", "erf"]
@@ -53,7 +53,7 @@ def mlp_trunk(
     sb: float | None = 1.0,
     parameterization: Parameterization = "ntk",
 ) -> Layer:
-    """``depth`` hidden layers ``Dense(width) -> activation`` (theory.md §3), no readout.
+    """``depth`` hidden layers ``Dense(width) -> activation`` (docs/theory.md §3), no readout.
 
     The default bias ``sb = 1`` matters on spin inputs: without a bias a ReLU
     network is positively homogeneous, its kernels miss every odd Walsh component
@@ -90,7 +90,7 @@ def cosnet_trunk(width: int = 512, s0: float = 1.0, train_features: bool = True)
 def cosnet(
     width: int = 512, s0: float = 1.0, s1: float = 1.0, train_features: bool = True
 ) -> Layer:
-    """CosNet ``f(x) = sum_i W1_i cos(W0_i . x + b_i)``, ``W1 ~ N(0, s1^2/n)`` (theory.md §3).
+    """CosNet ``f(x) = sum_i W1_i cos(W0_i . x + b_i)``, ``W1 ~ N(0, s1^2/n)`` (docs/theory.md §3).
 
     NNGP ``K = (s1^2/2) exp(-s0^2 |x-x'|^2 / (2d))``. With ``train_features=False``
     only ``W1`` trains and the NTK equals the NNGP (paper Eq. S23-S25); otherwise
@@ -126,12 +126,12 @@ NNQSKind = Literal["decoupled", "shared_trunk", "complex_output"]
 
 @dataclass(frozen=True)
 class NNQS:
-    """A neural network quantum state ``psi(x) = u(x) + i v(x)`` (theory.md §3-§4).
+    """A neural network quantum state ``psi(x) = u(x) + i v(x)`` (docs/theory.md §3-§4).
 
     ``init(key, in_dim) -> params``; ``parts(params, x) -> (u, v)`` with the
     leading shape of ``x`` minus its last axis; ``infinite(k) -> (nngp, ntk)``
     maps the kernel of the inputs to the infinite-width covariance and tangent
-    :class:`~suite.kernels.qsntk.PairKernel` blocks, elementwise.
+    :class:`~suite.qsntk.PairKernel` blocks, elementwise.
     """
 
     kind: NNQSKind
@@ -232,7 +232,7 @@ def complex_output(
 
 
 def member_keys(seed: int, members: Sequence[int] | np.ndarray | Array) -> Array:
-    """Keys ``fold_in(key(seed), i)`` for each member index ``i`` (theory.md §5 ensembles)."""
+    """Keys ``fold_in(key(seed), i)`` for each member index ``i`` (docs/theory.md §5 ensembles)."""
     base = jax.random.key(seed)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(members, dtype=jnp.uint32))
 

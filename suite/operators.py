@@ -1,10 +1,10 @@
-"""Sparse Hamiltonians of the quench targets (theory.md §2).
+"""Sparse Hamiltonians of the quench targets (docs/theory.md §2).
 
 * ``tfim_hamiltonian``: ``H = -J sum_<ij> Z_i Z_j - h sum_i X_i`` in ``SpinBasis`` order.
 * ``hubbard_hamiltonian``:
   ``H = -t sum_<ij>,sigma (c+_{i sigma} c_{j sigma} + h.c.) + U sum_i n_{i up} n_{i down}``
   in ``HubbardBasis`` order, with Jordan-Wigner signs for the mode order
-  ``2 * site + spin`` (theory.md §1).
+  ``2 * site + spin`` (docs/theory.md §1).
 
 Both are built vectorised over basis states (Python loops run over sites and
 bonds only) and returned as real ``scipy.sparse.csr_matrix`` in float64.
@@ -26,7 +26,7 @@ def tfim_hamiltonian(
     *,
     max_dimension: int = DEFAULT_MAX_DIMENSION,
 ) -> sp.csr_matrix:
-    """Transverse-field Ising Hamiltonian ``-J sum_<ij> Z_i Z_j - h sum_i X_i`` (theory.md §2).
+    """Transverse-field Ising Hamiltonian ``-J sum_<ij> Z_i Z_j - h sum_i X_i`` (docs/theory.md §2).
 
     Matrix in ``SpinBasis(lattice.n_sites)`` order (index 0 all-up, site 0 the
     most significant bit); ``Z = diag(1, -1)`` on (up, down) and ``X`` flips a
@@ -61,7 +61,7 @@ def _mode_bit(n_sites: int, mode: int) -> np.int64:
 def hubbard_hamiltonian(
     lattice: Lattice, basis: HubbardBasis, t: float = 1.0, U: float = 4.0
 ) -> sp.csr_matrix:
-    """Fermi-Hubbard Hamiltonian of theory.md §2 in ``basis`` order.
+    """Fermi-Hubbard Hamiltonian of docs/theory.md §2 in ``basis`` order.
 
     ``H = -t sum_<ij>,sigma (c+_{i sigma} c_{j sigma} + h.c.) + U sum_i n_{i up} n_{i down}``
     with every bond of ``lattice.bonds`` counted once. A hop between modes

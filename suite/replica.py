@@ -1,4 +1,4 @@
-"""Gaussian-process (replica-trick) estimate of the ensemble Renyi-2 entropy (theory.md §6).
+"""Gaussian-process (replica-trick) estimate of the ensemble Renyi-2 entropy (docs/theory.md §6).
 
 For an ensemble of unnormalised states ``psi`` with ``rho~ = |psi><psi|`` the estimate is
 
@@ -14,10 +14,10 @@ covariance ``G(x, x') = E[psi(x) conj psi(x')]`` (Hermitian) and the pseudo-cova
 
 Derivation: ``Tr rho~_A^2 = sum psi(ab) conj psi(a'b) psi(a'b') conj psi(ab')`` and
 ``(Tr rho~)^2 = sum |psi(x)|^2 |psi(x')|^2`` have three Wick pairings each: the two
-covariance pairings of theory.md §6, and the third pairing ``psi psi`` with
+covariance pairings of docs/theory.md §6, and the third pairing ``psi psi`` with
 ``conj psi conj psi``, which gives ``X`` and ``|C|^2``. Three ensembles:
 
-* complex circular (``C = 0``, e.g. a decoupled NNQS with identical parts): theory.md §6;
+* complex circular (``C = 0``, e.g. a decoupled NNQS with identical parts): docs/theory.md §6;
 * real GP (``psi`` real, ``E[psi psi'] = G``, i.e. ``C = G``):
   ``E[Tr rho~_A^2] = Tr[(Tr_B G)^2] + Tr[(Tr_A G)^2] + sum G(ab, a'b') G(a'b, ab')``
   and ``E[(Tr rho~)^2] = (Tr G)^2 + 2 Tr[G^2]``: pass the covariance as its own
@@ -35,7 +35,7 @@ which agree to rounding where they overlap:
     configurations computed block by block with Dask into a Zarr array on disk, the
     traces accumulated block by block (:func:`write_gram_zarr`, :func:`zarr_traces`);
 (c) :func:`hamming_traces` / :func:`hamming_renyi2`: the O(N) closed form of
-    theory.md §6 for spin inputs, where every kernel of the suite is a function
+    docs/theory.md §6 for spin inputs, where every kernel of the suite is a function
     ``g(h) = fn(input_kernel(N, N, N - 2h, N))`` of the Hamming distance ``h``.
 
 All traces are reported divided by ``D**2`` (``Tr G`` by ``D``), ``D = dim A * dim B``,
@@ -152,7 +152,7 @@ def dense_traces(covariance: Any, dim_a: int, pseudo: Any | None = None) -> Repl
 
 
 def hamming_profile(fn: KernelFn, n_sites: int) -> np.ndarray:
-    """``g(h) = fn(input_kernel(N, N, N - 2h, N))`` for ``h = 0 .. N`` (theory.md §6).
+    """``g(h) = fn(input_kernel(N, N, N - 2h, N))`` for ``h = 0 .. N`` (docs/theory.md §6).
 
     On spins ``|x|^2 = N`` and ``x.x' = N - 2h``: this is the kernel between any two
     configurations at Hamming distance ``h``, evaluated by the layer maps themselves
@@ -210,7 +210,7 @@ def _check_cuts(n_a: Sequence[int], n_sites: int) -> list[int]:
 def _hamming_log_traces(
     fn: KernelFn, n_sites: int, n_a: Sequence[int], pseudo: KernelFn | None
 ) -> list[_LogTraces]:
-    """Logs of the closed-form traces of theory.md §6 (``m = 2**N_A``, ``n = 2**N_B``).
+    """Logs of the closed-form traces of docs/theory.md §6 (``m = 2**N_A``, ``n = 2**N_B``).
 
     ``Tr G / D = g(0)``, ``Tr[G^2] / D^2 = sum_h C(N,h) g(h)^2 / 2^N``,
     ``Tr[(Tr_B G)^2] / D^2 = sum_{h<=N_A} C(N_A,h) g(h)^2 / m``,
@@ -429,6 +429,7 @@ def zarr_traces(
     ``sum |M|^2 = Tr[M^2]`` for the Hermitian ``Tr_B G`` and ``Tr_A G``. Threaded
     scheduler with ``workers`` threads (default: all cores).
     """
+    # over 60 lines: most of them are the docstring, the derivation of the tile sums
     array = _open_complete(store, COVARIANCE)
     if pseudo is not None:
         _open_complete(store, pseudo)

@@ -1,4 +1,5 @@
-"""Quantum-state supervised learning set-ups and their infinite-width loss curves (theory.md §5).
+"""Quantum-state supervised learning set-ups and their infinite-width loss curves
+(docs/theory.md §5).
 
 The pieces a dynamics study is made of, each a pure function of its arguments:
 the train/test split of a basis, the target's scale, the logged steps, and the
@@ -25,8 +26,8 @@ from suite.dynamics import (
     train_spectrum,
 )
 from suite.kernels.gram import diagonal, gram
-from suite.kernels.qsntk import PairKernel
 from suite.networks import NNQS
+from suite.qsntk import PairKernel
 
 TargetScale = Literal["unit-norm", "unit-rms"]
 #: elements of one block of stacked kernel rows (``2 x points x 2B``) in the set losses:
@@ -96,12 +97,12 @@ class Problem:
 
     @property
     def train_ntk_block(self) -> np.ndarray:
-        """The ``2B x 2B`` block QS-NTK of ``(u, v)`` on the train set (theory.md §4)."""
+        """The ``2B x 2B`` block QS-NTK of ``(u, v)`` on the train set (docs/theory.md §4)."""
         return _stacked(_rows(self.ntk, self.train))
 
     @property
     def eta_max(self) -> float:
-        """``2B / lambda_max`` of :attr:`train_ntk_block` (theory.md §5)."""
+        """``2B / lambda_max`` of :attr:`train_ntk_block` (docs/theory.md §5)."""
         # 2B rows, loss normalised by B
         return max_learning_rate(self.spectrum) / 2
 
@@ -127,7 +128,7 @@ class Problem:
     def losses(self, filters: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Infinite-width loss of the mean (Eq. 16) and mean of the losses (Eq. 17/18) on
         ``points`` for each column of ``filters`` (:meth:`filters`), ``(T,)`` each
-        (theory.md §5; :func:`suite.dynamics.set_loss_sums`: one pass over the points)."""
+        (docs/theory.md §5; :func:`suite.dynamics.set_loss_sums`: one pass over the points)."""
         if points.size == 0:
             return np.full(filters.shape[1], np.nan), np.full(filters.shape[1], np.nan)
         error, variance = set_loss_sums(
@@ -197,9 +198,14 @@ def split_problem(
     return make_problem(nnqs, inputs, phi, train, test, spectrum)
 
 
+#: the four loss curves of a supervised run (docs/theory.md §5)
+CURVES = ("train_loss_of_mean", "train_mean_of_losses", "test_loss_of_mean", "test_mean_of_losses")
+
+
 @dataclass(frozen=True)
 class LossCurves:
-    """Losses at ``steps`` (theory.md §5): loss of the mean, mean of the losses; train, test."""
+    """Losses at ``steps`` (docs/theory.md §5): loss of the mean, mean of the losses;
+    train, test."""
 
     steps: np.ndarray
     train_loss_of_mean: np.ndarray
@@ -209,6 +215,30 @@ class LossCurves:
 
     def as_dict(self) -> dict[str, list[float]]:
         return {name: np.asarray(value).tolist() for name, value in vars(self).items()}
+
+
+def after_initialisation(curves: LossCurves) -> LossCurves:
+    """The curves without step 0, where a comparison measures the prior's sampling noise only."""
+    return LossCurves(*(np.asarray(values)[1:] for values in vars(curves).values()))
+
+
+def relative_deviation(finite: LossCurves, infinite: LossCurves) -> dict[str, float]:
+    """Largest relative deviation ``|finite - infinite| / infinite`` over the logged steps.
+
+    The study applies it after initialisation (steps >= 1) and reports step 0 apart.
+    """
+    deviations = {}
+    for name in CURVES:
+        reference = getattr(infinite, name)
+        mask = reference > 0
+        ratio = np.abs(getattr(finite, name)[mask] - reference[mask]) / reference[mask]
+        deviations[name] = float(ratio.max())
+    return deviations
+
+
+def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:
+    """Slope of ``log(deviation)`` against ``log(width)`` (least squares)."""
+    return float(np.polyfit(np.log(widths), np.log(deviations), 1)[0])
 
 
 def infinite_width_curves(

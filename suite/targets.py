@@ -1,4 +1,4 @@
-"""Exact quench target states (theory.md §2).
+"""Exact quench target states (docs/theory.md §2).
 
 * ``TFIMQuench``: ``psi = exp(-i H t) |all up>`` with the transverse-field
   Ising Hamiltonian ``H = -J sum_<ij> Z_i Z_j - h sum_i X_i``.
@@ -10,9 +10,9 @@
 finds the initial ground state (dense ``eigh`` up to ``DENSE_EIGH_LIMIT``
 states, ``eigsh`` beyond), refuses a degenerate one (the target would be
 ill-defined) and evolves with ``scipy.sparse.linalg.expm_multiply`` in
-complex128. Bases and sign conventions are those of theory.md §1
+complex128. Bases and sign conventions are those of docs/theory.md §1
 (``suite.hilbert``); entropies in ``target_summary`` use the natural log
-(theory.md §6).
+(docs/theory.md §6).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _check_real(name: str, value: object, *, non_negative: bool = False) -> floa
 
 @dataclass(frozen=True)
 class TFIMQuench:
-    """Quench ``psi = exp(-i H t)|all up>`` of the transverse-field Ising model (theory.md §2).
+    """Quench ``psi = exp(-i H t)|all up>`` of the transverse-field Ising model (docs/theory.md §2).
 
     ``H = -J sum_<ij> Z_i Z_j - h sum_i X_i``; ``|all up>`` is ``SpinBasis`` index 0.
 
@@ -85,7 +85,7 @@ class TFIMQuench:
 
 @dataclass(frozen=True)
 class HubbardQuench:
-    """Quench ``psi = exp(-i H(U1) t)|g(U0)>`` of the Fermi-Hubbard model (theory.md §2).
+    """Quench ``psi = exp(-i H(U1) t)|g(U0)>`` of the Fermi-Hubbard model (docs/theory.md §2).
 
     Attributes:
         lx, ly, periodic: the lattice (``suite.lattice.Lattice``).
@@ -137,12 +137,12 @@ TARGETS: dict[str, type[TFIMQuench] | type[HubbardQuench]] = {
 
 @dataclass(frozen=True, eq=False)
 class Target:
-    """An exact quench target (theory.md §2).
+    """An exact quench target (docs/theory.md §2).
 
     Attributes:
         name: short identifier, e.g. ``"tfim-3x3-pbc"``.
         basis: the basis that indexes ``inputs``, ``psi0`` and ``psi``.
-        inputs: network inputs, ``(dimension, n_sites)`` float64 (theory.md §1).
+        inputs: network inputs, ``(dimension, n_sites)`` float64 (docs/theory.md §1).
         psi0: normalised initial state, complex128.
         psi: normalised evolved state, complex128.
         hamiltonian: evolution Hamiltonian (csr, float64) in ``basis`` order.
@@ -289,7 +289,7 @@ def _build_hubbard(spec: HubbardQuench, max_dimension: int) -> Target:
 
 
 def build_target(spec: Spec, max_dimension: int = DEFAULT_MAX_DIMENSION) -> Target:
-    """Exact quench target of ``spec`` (theory.md §2).
+    """Exact quench target of ``spec`` (docs/theory.md §2).
 
     The Hilbert-space dimension is checked against ``max_dimension`` before any
     allocation. A degenerate initial ground state (gap ``<= DEGENERACY_TOLERANCE
@@ -307,7 +307,7 @@ def target_summary(target: Target) -> dict[str, Any]:
 
     ``energy`` is ``Re <psi|H|psi>`` of the evolution Hamiltonian,
     ``loschmidt_echo`` is ``|<psi0|psi>|^2`` and ``entanglement_entropy`` the
-    von Neumann entropy (natural log, theory.md §6) of the first
+    von Neumann entropy (natural log, docs/theory.md §6) of the first
     ``n_subsystem_sites = floor(N / 2)`` sites in row-major order.
     """
     spec, lattice, psi = target.spec, target.lattice, target.psi

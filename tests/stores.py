@@ -42,7 +42,7 @@ max_steps = {max_steps}
 def run_nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> Any:
     """``nnqs ARGV`` in a fresh process; its JSON answer (``{}`` when it printed none)."""
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *argv],
+        [sys.executable, "-m", "nnqs", *argv],
         capture_output=True,
         text=True,
         env=env,

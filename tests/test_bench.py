@@ -1,4 +1,4 @@
-"""The benchmark harness (``analysis/bench.py``): the record, its comparison with references
+"""The benchmark harness (``analysis/bench/``): the record, its comparison with references
 and earlier records, the ``bench`` command and its SLURM path."""
 
 from __future__ import annotations
@@ -9,24 +9,39 @@ import dataclasses
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from analysis import bench, bench_parallel, bench_report
+from analysis.bench.cases import CASES
+from analysis.bench.cli import add_bench_parser
+from analysis.bench.parallel import scaling_figures
+from analysis.bench.records import (
+    SCHEMA,
+    compare,
+    load_record,
+    load_reference,
+    reference_from_record,
+    write_json,
+)
+from analysis.bench.report import compare_records
+from analysis.bench.run import measurement, run_bench
+from analysis.bench.system import default_system_name
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """``argv`` parsed by a parser holding only the ``bench`` subcommand."""
     parser = argparse.ArgumentParser(prog="nnqs")
-    bench.add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
 def scaled_reference(record: dict[str, Any], factor: float, drop: str | None = None) -> dict:
     """A reference of every metric of ``record`` at ``factor`` times its value, +-50%."""
-    reference = bench.reference_from_record(record, {"command": "test", "date": "today"})
+    reference = reference_from_record(record, {"command": "test", "date": "today"})
     for entry in reference["references"].values():
         entry["value"] *= factor
         entry["tolerance"] = [-0.5, 0.5]
@@ -36,19 +51,19 @@ def scaled_reference(record: dict[str, Any], factor: float, drop: str | None = N
 
 def check_record(record: dict[str, Any], cases: list[str]) -> None:
     """``record`` is a quick record of ``cases``: every declared figure positive, the system."""
-    assert record["schema"] == bench.SCHEMA and record["size"] == "quick"
+    assert record["schema"] == SCHEMA and record["size"] == "quick"
     assert record["errors"] == {}
     assert list(record["results"]) == cases
     for name, values in record["results"].items():
         case = record["cases"][name]
-        assert case["parameters"] == dict(bench.CASES[name].quick)
-        assert set(values) == set(case["metrics"]) <= set(bench.CASES[name].metrics)
+        assert case["parameters"] == dict(CASES[name].quick)
+        assert set(values) == set(case["metrics"]) <= set(CASES[name].metrics)
         assert all(math.isfinite(v) and v > 0 for v in values.values()), name
     system = record["system"]
     for key in ("name", "cpu_model", "cpu_count", "memory_bytes", "git_commit", "host"):
         assert system[key], key
     assert system["devices"]["count"] >= 1 and system["packages"]["jax"]
-    assert system["name"] == bench.default_system_name(
+    assert system["name"] == default_system_name(
         system["cpu_model"], system["cpu_count"], system["devices"]
     )
     assert record["seconds"] > 0
@@ -57,7 +72,7 @@ def check_record(record: dict[str, Any], cases: list[str]) -> None:
 @pytest.fixture(scope="module")
 def quick_record() -> dict[str, Any]:
     """A quick record of the two cheap cases (a few seconds)."""
-    return bench.run_bench(["kernel_gram", "zarr_io"], "quick", progress=False)
+    return run_bench(["kernel_gram", "zarr_io"], "quick", progress=False)
 
 
 def test_quick_record_holds_the_system(quick_record: dict[str, Any]) -> None:
@@ -67,6 +82,45 @@ def test_quick_record_holds_the_system(quick_record: dict[str, Any]) -> None:
         "entries_per_s_into_buffer",
     }
     assert "neural-tangents not run" in quick_record["notes"]["kernel_gram"][0]
+
+
+#: what runs the cases: none of it is loaded to register ``nnqs bench`` and list its cases
+MEASURING = {
+    "analysis.bench.run",
+    "analysis.bench.measures",
+    "analysis.bench.parallel",
+    "analysis.bench.scale",
+    "analysis.bench.kernels",
+    "analysis.bench.training",
+    "analysis.bench.entanglement",
+}
+
+
+def loaded_by(module: str) -> set[str]:
+    """The modules a fresh python holds after importing ``module``."""
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return set(json.loads(proc.stdout))
+
+
+def test_the_command_line_loads_no_measurement() -> None:
+    """``nnqs`` registers ``bench`` without loading what runs the cases; the bench command
+    line alone loads neither JAX, the suite nor the sweep engine (``nnqs.cli`` itself
+    imports the suite, and with it JAX)."""
+    assert loaded_by("nnqs.cli").isdisjoint(MEASURING)
+    assert loaded_by("analysis.bench.cli").isdisjoint({*MEASURING, "jax", "suite", "jobs.sweep"})
+
+
+def test_every_case_names_its_measurement() -> None:
+    """Each case's ``"module:function"`` imports, and names a function of that name."""
+    for case in CASES.values():
+        assert measurement(case).__name__ == case.run.partition(":")[2], case.name
 
 
 def check_scaling(record: dict[str, Any], case: str, throughput: str, counts: list[int]) -> None:
@@ -81,18 +135,18 @@ def check_scaling(record: dict[str, Any], case: str, throughput: str, counts: li
         assert values[f"speedup_{n}"] == pytest.approx(speedup, rel=2e-3)
         assert values[f"efficiency_{n}"] == pytest.approx(speedup / n, rel=2e-3)
         assert record["cases"][case]["metrics"][f"efficiency_{n}"]["unit"] == "fraction"
-    assert record["cases"][case]["scaling"] == dataclasses.asdict(bench.CASES[case].scaling)
+    assert record["cases"][case]["scaling"] == dataclasses.asdict(CASES[case].scaling)
 
 
 #: every case but slurm_scaling, which needs SLURM (test_slurm_scaling_runs_array_tasks)
-LOCAL_CASES = [name for name in bench.CASES if name != "slurm_scaling"]
+LOCAL_CASES = [name for name in CASES if name != "slurm_scaling"]
 
 
 @pytest.mark.slow
 def test_quick_record_has_every_case() -> None:
     """Every case but SLURM's: four device workers (device and weak scaling) and a pool of
     two processes; 243 s here under a load average of 5 on 2 cores."""
-    record = bench.run_bench(LOCAL_CASES, "quick", progress=False)
+    record = run_bench(LOCAL_CASES, "quick", progress=False)
     check_record(record, LOCAL_CASES)
     results = record["results"]
     assert set(results["training"]) == {"member_steps_per_s", "gflop_per_s"}
@@ -106,7 +160,7 @@ def test_quick_record_has_every_case() -> None:
 
 
 def test_scaling_figures() -> None:
-    values = bench_parallel.scaling_figures({1: 10.0, 2: 15.0, 4: 20.0}, "rate")
+    values = scaling_figures({1: 10.0, 2: 15.0, 4: 20.0}, "rate")
     assert values == {
         "rate_1": 10.0,
         "rate_2": 15.0,
@@ -117,7 +171,7 @@ def test_scaling_figures() -> None:
         "efficiency_4": 0.5,
     }
     # without one worker there is nothing to scale against
-    assert bench_parallel.scaling_figures({2: 15.0}, "rate") == {"rate_2": 15.0}
+    assert scaling_figures({2: 15.0}, "rate") == {"rate_2": 15.0}
 
 
 def test_slurm_scaling_without_slurm_is_skipped_in_one_line(
@@ -126,7 +180,7 @@ def test_slurm_scaling_without_slurm_is_skipped_in_one_line(
     """No sinfo/sbatch on PATH: slurm_scaling is skipped with a one-line note (not an
     error, so --fail-on-regression passes on a machine without SLURM)."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    record = bench.run_bench(["slurm_scaling", "zarr_io"], "quick", progress=False)
+    record = run_bench(["slurm_scaling", "zarr_io"], "quick", progress=False)
     [note] = record["notes"]["slurm_scaling"]
     assert note.startswith("skipped: SLURM is not reachable: no sinfo/sbatch on PATH")
     assert "slurm/cluster.sh start" in note and record["errors"] == {}
@@ -136,7 +190,7 @@ def test_slurm_scaling_without_slurm_is_skipped_in_one_line(
 def test_comparison_with_references(quick_record: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "ref.json"
     path.write_text(json.dumps(scaled_reference(quick_record, 100.0)))
-    far_above = bench.compare(quick_record, bench.load_reference(path))
+    far_above = compare(quick_record, load_reference(path))
     statuses = {m["reference"]["status"] for m in far_above["metrics"].values()}
     assert statuses == {"regression"}
     assert len(far_above["regressions"]) == len(far_above["metrics"])
@@ -144,13 +198,11 @@ def test_comparison_with_references(quick_record: dict[str, Any], tmp_path: Path
     assert entry["reference"]["ratio"] == pytest.approx(0.01, rel=1e-3)
     assert entry["previous"] == {"status": "no-reference"}
 
-    far_below = bench.compare(quick_record, scaled_reference(quick_record, 0.01))
+    far_below = compare(quick_record, scaled_reference(quick_record, 0.01))
     assert {m["reference"]["status"] for m in far_below["metrics"].values()} == {"improvement"}
     assert far_below["regressions"] == []
 
-    same = bench.compare(
-        quick_record, scaled_reference(quick_record, 1.0, drop="zarr_io.write_gb_per_s")
-    )
+    same = compare(quick_record, scaled_reference(quick_record, 1.0, drop="zarr_io.write_gb_per_s"))
     assert same["metrics"]["zarr_io.write_gb_per_s"]["reference"] == {"status": "no-reference"}
     others = {k: m for k, m in same["metrics"].items() if k != "zarr_io.write_gb_per_s"}
     assert {m["reference"]["status"] for m in others.values()} == {"ok"}
@@ -175,11 +227,11 @@ def test_direction_is_per_metric() -> None:
         "size": "quick",
         "references": {"zarr_io.write_gb_per_s": entries, "zarr_io.read_gb_per_s": entries},
     }
-    metrics = bench.compare(record, reference)["metrics"]
+    metrics = compare(record, reference)["metrics"]
     assert metrics["zarr_io.write_gb_per_s"]["reference"]["status"] == "regression"
     assert metrics["zarr_io.read_gb_per_s"]["reference"]["status"] == "improvement"
     with pytest.raises(ValueError, match="full figures"):
-        bench.compare(record, {**reference, "size": "full"})
+        compare(record, {**reference, "size": "full"})
 
 
 @pytest.mark.parametrize(
@@ -205,7 +257,7 @@ def test_bad_reference_is_one_line(tmp_path: Path, change: dict[str, Any], messa
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"system": "x", "size": "quick", "references": {}} | change))
     with pytest.raises(ValueError, match=message) as info:
-        bench.load_reference(path)
+        load_reference(path)
     assert str(info.value).startswith(f"reference {path}: ") and "\n" not in str(info.value)
 
 
@@ -227,12 +279,12 @@ def test_command_compares_with_the_earlier_record(
     assert summary["record"] == str(records / "test-box-1.json")
     assert summary["previous"] is None and summary["reference"] is None
     assert set(summary["comparison"]) == {"zarr_io.write_gb_per_s", "zarr_io.read_gb_per_s"}
-    reference = bench.load_reference(saved)
+    reference = load_reference(saved)
     assert reference["measured"]["record"] == summary["record"]
     earlier = json.loads((records / "test-box-1.json").read_text())
-    assert {
-        m["reference"]["status"] for m in bench.compare(earlier, reference)["metrics"].values()
-    } == {"ok"}
+    assert {m["reference"]["status"] for m in compare(earlier, reference)["metrics"].values()} == {
+        "ok"
+    }
 
     # the earlier record made 100x faster: the next run regresses against it
     faster = copy.deepcopy(earlier)
@@ -325,7 +377,7 @@ def with_time(record: dict[str, Any], seconds: float) -> dict[str, Any]:
 def test_compare_records_of_two_systems(quick_record: dict[str, Any]) -> None:
     a = with_time(quick_record, 10.0)
     b = with_time(other_system(quick_record), 20.0)
-    result = bench_report.compare_records(a, b, names=("a.json", "b.json"))
+    result = compare_records(a, b, names=("a.json", "b.json"))
     metrics = result["metrics"]
     assert metrics["zarr_io.write_gb_per_s"]["ratio"] == pytest.approx(2, rel=1e-3)
     assert metrics["zarr_io.write_gb_per_s"]["verdict"] == "B better"
@@ -352,7 +404,7 @@ def test_compare_command_table_and_json(
 ) -> None:
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, record in zip(paths, [quick_record, other_system(quick_record)], strict=True):
-        bench.write_json(path, record)
+        write_json(path, record)
     args = parse(["bench", "compare", *map(str, paths)])
     assert args.run(args) is None
     lines = capsys.readouterr().out.splitlines()
@@ -371,7 +423,7 @@ def test_compare_command_table_and_json(
         as_json.run(parse(["bench", "compare", str(paths[0]), str(tmp_path / "missing.json")]))
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(ValueError, match=r"list.json: not an nnqs bench record"):
-        bench.load_record(tmp_path / "list.json")
+        load_record(tmp_path / "list.json")
 
 
 def test_schema_1_record_reads_as_schema_2(quick_record: dict[str, Any], tmp_path: Path) -> None:
@@ -383,9 +435,9 @@ def test_schema_1_record_reads_as_schema_2(quick_record: dict[str, Any], tmp_pat
     old["results"]["process_scaling"] = {"tasks_per_s_1": 0.3, "tasks_per_s_2": 0.18}
     old["results"]["process_scaling"]["speedup_2"] = 0.6
     old["cases"]["process_scaling"] = {"parameters": {}, "metrics": {}}
-    bench.write_json(tmp_path / "old.json", old)
-    record = bench.load_record(tmp_path / "old.json")
-    assert record["schema"] == bench.SCHEMA == 2
+    write_json(tmp_path / "old.json", old)
+    record = load_record(tmp_path / "old.json")
+    assert record["schema"] == SCHEMA == 2
     assert record["results"]["zarr_io"] == {
         "write_gb_per_s": pytest.approx(0.4681),
         "read_gb_per_s": pytest.approx(0.3047),
@@ -399,28 +451,26 @@ def scaling_record() -> dict[str, Any]:
     """A record of device_scaling (1, 2, 4 devices) and weak_scaling (1, 2), as run_bench
     writes one (metric declarations, scaling, notes)."""
     results = {
-        "device_scaling": bench_parallel.scaling_figures(
-            {1: 100.0, 2: 150.0, 4: 200.0}, "member_steps_per_s"
-        ),
-        "weak_scaling": bench_parallel.scaling_figures({1: 100.0, 2: 180.0}, "member_steps_per_s"),
+        "device_scaling": scaling_figures({1: 100.0, 2: 150.0, 4: 200.0}, "member_steps_per_s"),
+        "weak_scaling": scaling_figures({1: 100.0, 2: 180.0}, "member_steps_per_s"),
     }
     cases = {
         name: {
             "parameters": {},
-            "metrics": {m: dataclasses.asdict(bench.CASES[name].metrics[m]) for m in values},
-            "scaling": dataclasses.asdict(bench.CASES[name].scaling),
+            "metrics": {m: dataclasses.asdict(CASES[name].metrics[m]) for m in values},
+            "scaling": dataclasses.asdict(CASES[name].scaling),
         }
         for name, values in results.items()
     }
     system = {"name": "box", "git_commit": "abc", "cpu_count": 2, "devices": {"count": 1}}
     return {
-        **{"schema": bench.SCHEMA, "size": "quick", "system": system, "cases": cases},
+        **{"schema": SCHEMA, "size": "quick", "system": system, "cases": cases},
         **{"results": results, "notes": {"weak_scaling": ["32 members per device"]}},
     }
 
 
 def test_scaling_report_tables_and_figure(tmp_path: Path) -> None:
-    bench.write_json(tmp_path / "r.json", scaling_record())
+    write_json(tmp_path / "r.json", scaling_record())
     args = parse(["bench", "report", str(tmp_path / "r.json"), "--out", str(tmp_path / "out")])
     written = args.run(args)
     rows = written["tables"]["device_scaling"]["rows"]
@@ -440,7 +490,7 @@ def test_scaling_report_tables_and_figure(tmp_path: Path) -> None:
         assert (tmp_path / "out" / name).stat().st_size > 1000
     assert written["figures"] == [str(tmp_path / "out" / n) for n in ("scaling.png", "scaling.pdf")]
     no_scaling = {**scaling_record(), "results": {}}
-    bench.write_json(tmp_path / "none.json", no_scaling)
+    write_json(tmp_path / "none.json", no_scaling)
     with pytest.raises(ValueError, match=r"none.json: no scaling case with results"):
         args.run(parse(["bench", "report", str(tmp_path / "none.json")]))
 
@@ -450,7 +500,7 @@ def test_scaling_report_tables_and_figure(tmp_path: Path) -> None:
 def test_slurm_scaling_runs_array_tasks(slurm_cluster: Path, tmp_path: Path) -> None:
     """The quick sweep as one array element of two tasks, then as two of one task each."""
     overrides = {"slurm_scaling": {"directory": str(tmp_path)}}
-    record = bench.run_bench(["slurm_scaling"], "quick", progress=False, overrides=overrides)
+    record = run_bench(["slurm_scaling"], "quick", progress=False, overrides=overrides)
     assert record["errors"] == {}
     check_scaling(record, "slurm_scaling", "tasks_per_s", [1, 2])
     notes = record["notes"]["slurm_scaling"]

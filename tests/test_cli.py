@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 import suite  # noqa: F401  (enables float64)
-from jobs.cli import main
+from nnqs.cli import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -17,7 +18,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def test_target_tfim_summary_matches_theory(capsys: pytest.CaptureFixture[str]) -> None:
-    """TFIM quench from all-up: <H> = -J x (number of bonds), dimension 2^N (theory.md §2)."""
+    """TFIM quench from all-up: <H> = -J x (number of bonds), dimension 2^N (docs/theory.md §2)."""
     status, out, _ = run_cli(
         capsys, "target", "tfim", "--lattice", "3x2", "--boundary", "open", "--J", "0.7"
     )
@@ -89,7 +90,7 @@ def test_demo_summary(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_target_entanglement_profile(capsys: pytest.CaptureFixture[str]) -> None:
-    """--entanglement adds S_vN and S_2 of the first N_A sites; S_2 <= S_vN (theory.md §6)."""
+    """--entanglement adds S_vN and S_2 of the first N_A sites; S_2 <= S_vN (docs/theory.md §6)."""
     status, out, _ = run_cli(capsys, "target", "tfim", "--lattice", "2x2", "--entanglement")
     assert status == 0
     profile = json.loads(out)["entanglement_profile"]
@@ -126,3 +127,54 @@ def test_entanglement_command_writes_fig1_data(
     data = json.loads(out_file.read_text())
     assert data["n_sites"] == 6
     assert len(data["page"]) == len(data["n_a"]) == 3
+
+
+def test_validate_prints_the_plan_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs.spec import load_spec
+    from jobs.studies import expand
+    from suite.training.engines import flops_per_member_step
+
+    monkeypatch.chdir(tmp_path)
+    status, out, _ = run_cli(capsys, "validate", "quickstart", "--gflops", "50")
+    assert status == 0
+    plan = json.loads(out)
+    spec = load_spec("quickstart")
+    assert plan["tasks"] == len(expand(spec)) == 8 and plan["points"] == 4
+    assert plan["grid"] == {"train_size": [32, 128], "lr_factor": [0.5], "width": [64, 512]}
+    assert plan["fits"] and set(plan["memory_gib"]) == {"preparation", "shard", "aggregation"}
+    # the largest point: 16 members x 300 steps of B = 128, n = 512, d = 9, plus 13 evaluations
+    # of u and v on the 512 basis states
+    largest = plan["per_task"][-1]
+    assert largest["point"] == {"train_size": 128, "lr_factor": 0.5, "width": 512}
+    steps = 16 * 300 * flops_per_member_step(128, 512, 9)
+    evaluations = 16 * 13 * 2 * 512 * 512 * (2 * 9 + 2)
+    assert largest["gflop"] == pytest.approx((steps + evaluations) / 1e9, rel=1e-3)
+    assert largest["compute_seconds"] == pytest.approx(largest["gflop"] / 50, rel=1e-3)
+    assert list(tmp_path.iterdir()) == []  # no store, no runs/ folder
+
+
+def test_validate_of_a_spec_too_large_for_this_host_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "huge.toml"
+    spec.write_text(
+        '[sweep]\nname = "huge"\nstudy = "dynamics"\n[target]\nmodel = "tfim"\n'
+        "[grid]\nwidths = [65536]\ntrain_sizes = [128]\n[ensemble]\nmembers = 4096\n"
+        "shard_size = 4096\n[training]\nmax_steps = 10\n"
+    )
+    status, out, err = run_cli(capsys, "validate", str(spec), "--gflops", "50")
+    assert status == 2
+    assert json.loads(out)["fits"] is False
+    assert "ensemble.shard_size" in err and "GiB" in err and err.count("\n") == 1
+
+
+def test_validate_of_a_bad_spec_names_the_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[sweep]\nname = "bad"\nstudy = "dynamics"\n[grid]\nwidths = [0]\n')
+    status, out, err = run_cli(capsys, "validate", str(spec))
+    assert status == 2 and out == ""
+    assert "grid.widths" in err and "bad.toml" in err

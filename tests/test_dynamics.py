@@ -1,6 +1,6 @@
-"""Tests of the infinite-width gradient-descent predictions (theory.md §5, suite/dynamics.py).
+"""Tests of the infinite-width gradient-descent predictions (docs/theory.md §5, suite/dynamics.py).
 
-Established here: :func:`predict_gd` equals the formulas of theory.md §5 evaluated
+Established here: :func:`predict_gd` equals the formulas of docs/theory.md §5 evaluated
 explicitly (``scipy.linalg.expm``, matrix powers and ``solve``), equals the exact
 mean and covariance of an ensemble of linear models trained by gradient descent in
 parameter space (and a sampled ensemble within Monte-Carlo error), has the right
@@ -53,7 +53,7 @@ N_TRAIN, N_TEST, N_FEATURES = 6, 5, 20
 class LinearModel:
     """``f(x) = phi(x) . w`` with random features: NTK ``Theta = Phi Phi^T`` exactly, and
     with ``w_0 ~ N(0, diag(prior))`` the NNGP ``K = Phi diag(prior) Phi^T``. Its GD
-    dynamics are exactly linear, so theory.md §5 holds with no linearisation error.
+    dynamics are exactly linear, so docs/theory.md §5 holds with no linearisation error.
     Rows: the B train points first, then the test points."""
 
     def __init__(self, seed: int, train_scales: np.ndarray | None = None) -> None:
@@ -92,7 +92,7 @@ class LinearModel:
 def _reference(
     model: LinearModel, y: np.ndarray, eta: float, t: float, discrete: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """theory.md §5 literally: ``T_t = Theta(x,X) Theta(X,X)^-1 (I - E_t)`` with expm/solve."""
+    """docs/theory.md §5 literally: ``T_t = Theta(x,X) Theta(X,X)^-1 (I - E_t)`` with expm/solve."""
     theta, b = model.ntk_train_train, N_TRAIN
     eye = np.eye(b)
     if math.isinf(t):
@@ -129,7 +129,7 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
 def test_predict_gd_matches_expm_and_solve(
     seed: int, discrete: bool, times: list[float], fraction: float
 ) -> None:
-    """Mean and covariance of theory.md §5 against expm / matrix_power and solve."""
+    """Mean and covariance of docs/theory.md §5 against expm / matrix_power and solve."""
     model = LinearModel(seed)
     assert np.linalg.cond(model.ntk_train_train) < 1e3  # the premise of RTOL
     eta = fraction * max_learning_rate(model.ntk_train_train)
@@ -147,7 +147,7 @@ def test_predict_gd_matches_expm_and_solve(
 @pytest.mark.parametrize("discrete", [False, True])
 def test_complex_targets_are_predicted_linearly(discrete: bool) -> None:
     """Complex ``Y``: mean ``T_t Y`` (real and imaginary parts separately), covariance
-    independent of the targets (theory.md §5, psi = u + i v)."""
+    independent of the targets (docs/theory.md §5, psi = u + i v)."""
     model = LinearModel(2)
     rng = np.random.default_rng(5)
     y = rng.normal(size=N_TRAIN) + 1j * rng.normal(size=N_TRAIN)
@@ -198,7 +198,7 @@ def _parameter_space_gd(
 )
 def test_predict_gd_equals_exact_linear_model_ensemble(discrete: bool, times: list[float]) -> None:
     """predict_gd = mean and covariance of an ensemble of linear(ised) models trained by
-    GD in parameter space, computed exactly (theory.md §5)."""
+    GD in parameter space, computed exactly (docs/theory.md §5)."""
     model = LinearModel(3)
     eta = 0.9 * max_learning_rate(model.ntk_train_train)
     mean, cov = model.predict(model.y, eta, times, discrete)
@@ -213,7 +213,7 @@ def test_predict_gd_equals_exact_linear_model_ensemble(discrete: bool, times: li
 
 def test_predict_gd_matches_sampled_ensemble() -> None:
     """A sampled ensemble of 4000 linear models after 12 GD steps: sample mean and
-    variance agree with predict_gd within Monte-Carlo error (theory.md §5)."""
+    variance agree with predict_gd within Monte-Carlo error (docs/theory.md §5)."""
     model = LinearModel(4)
     members, steps = 4000, 12
     eta = 0.7 * max_learning_rate(model.ntk_train_train)
@@ -238,7 +238,7 @@ def test_predict_gd_matches_sampled_ensemble() -> None:
 
 @pytest.mark.parametrize("discrete", [False, True])
 def test_time_zero_is_the_prior(discrete: bool) -> None:
-    """t = 0: mean exactly 0 and covariance exactly K(x, x) (theory.md §5)."""
+    """t = 0: mean exactly 0 and covariance exactly K(x, x) (docs/theory.md §5)."""
     model = LinearModel(5)
     mean, cov = model.predict(model.y, 0.5, [0], discrete)
     np.testing.assert_array_equal(mean[0], np.zeros(N_TEST))
@@ -296,7 +296,7 @@ def test_infinite_time_interpolates_the_train_set(discrete: bool) -> None:
 
 
 def _relu_kernels(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Infinite-width ReLU NTK / NNGP blocks (theory.md §4) on spin inputs."""
+    """Infinite-width ReLU NTK / NNGP blocks (docs/theory.md §4) on spin inputs."""
     net = nw.mlp(1, 8, "relu", sw=1.0, sb=1.0)
 
     def blocks(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +312,7 @@ def _relu_kernels(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, 
 def test_duplicate_train_points_warn_and_predict_on_the_range() -> None:
     """Duplicate train points make Theta(X, X) singular: a RuntimeWarning names the
     smallest eigenvalue (and the rank); predictions stay finite, and at t = inf equal
-    those of the de-duplicated train set (consistent targets) (theory.md §5)."""
+    those of the de-duplicated train set (consistent targets) (docs/theory.md §5)."""
     codes = np.random.default_rng(8).choice(128, 18, replace=False)
     spins = 1.0 - 2.0 * ((codes[:, None] >> np.arange(6, -1, -1)) & 1)
     unique, x_test = spins[:8], spins[8:]
@@ -356,7 +356,7 @@ def test_train_spectrum_reports_rank_deficiency() -> None:
 
 def test_max_learning_rate_and_discrete_divergence() -> None:
     """``eta_max = 2B / lambda_max(Theta(X, X))``; discrete GD at t = inf with eta above it
-    raises ValueError naming the learning rate, below it converges (theory.md §5)."""
+    raises ValueError naming the learning rate, below it converges (docs/theory.md §5)."""
     model = LinearModel(11)
     theta = model.ntk_train_train
     eta_max = max_learning_rate(theta)

@@ -1,4 +1,4 @@
-"""Finite-width ensembles against the infinite-width predictions: small study (theory.md §5).
+"""Finite-width ensembles against the infinite-width predictions: small study (docs/theory.md §5).
 
 The suite's scientific claim at test size: a TFIM 2x3 quench, 24 train points,
 ensembles of 128 decoupled ReLU NNQS trained by full-batch gradient descent in
@@ -18,11 +18,15 @@ import pytest
 from jobs.dynamics import (
     DynamicsStudy,
     _problem,
-    after_initialisation,
     finite_curves,
+)
+from suite.supervised import (
+    after_initialisation,
+    convergence_step,
+    infinite_width_curves,
+    log_steps,
     relative_deviation,
 )
-from suite.supervised import convergence_step, infinite_width_curves, log_steps
 from suite.targets import build_target, make_spec
 
 pytestmark = pytest.mark.slow

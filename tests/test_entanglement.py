@@ -1,4 +1,4 @@
-"""Tests of the entanglement of states and NNQS ensembles (theory.md §6).
+"""Tests of the entanglement of states and NNQS ensembles (docs/theory.md §6).
 
 Established here:
 

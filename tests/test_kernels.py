@@ -1,11 +1,11 @@
-"""Tests of the tangent and covariance kernels of NNQS (theory.md §3-§4).
+"""Tests of the tangent and covariance kernels of NNQS (docs/theory.md §3-§4).
 
 Established here:
 
 * empirical (autodiff) NTK and QS-NTK converge to the infinite-width closed forms at
   the rate ``1/sqrt(width)``, for every architecture of the suite, and ensembles of
   finite networks reproduce the NNGP within Monte-Carlo error;
-* the algebra of theory.md §4 (``Theta``, ``ThetaH`` from the real blocks, decoupled
+* the algebra of docs/theory.md §4 (``Theta``, ``ThetaH`` from the real blocks, decoupled
   networks have no mixing kernel, identical infinite-width architectures give
   ``Theta = 0`` and ``ThetaH = 2 Theta_inf``), the QS-NTK ``Omega`` is Hermitian PSD
   and drives one gradient step;
@@ -31,8 +31,8 @@ from jax.flatten_util import ravel_pytree
 from suite import networks as nw
 from suite.kernels.empirical import empirical_ntk, empirical_qs_ntk
 from suite.kernels.gram import gram
-from suite.kernels.qsntk import PairKernel
 from suite.layers import Kernel, Layer, kernel_of_inputs
+from suite.qsntk import PairKernel
 
 #: two evaluations of the same algebra in float64 agree to this (relative to max |entry|)
 IDENTITY_RTOL = 1e-12
@@ -58,7 +58,7 @@ MAX_Z = 5.0
 
 
 def _spins(n_sites: int, n_configs: int, seed: int = 0) -> np.ndarray:
-    """``n_configs`` distinct spin configurations in ``{-1, +1}^n_sites`` (theory.md §1)."""
+    """``n_configs`` distinct spin configurations in ``{-1, +1}^n_sites`` (docs/theory.md §1)."""
     codes = np.random.default_rng(seed).choice(2**n_sites, n_configs, replace=False)
     return _spins_of_codes(codes, n_sites)
 
@@ -69,7 +69,7 @@ def _spins_of_codes(codes: np.ndarray, n_sites: int) -> np.ndarray:
 
 
 def _hubbard_inputs(n_sites: int, n_configs: int, seed: int) -> np.ndarray:
-    """Hubbard-encoded rows (site values 0..3, theory.md §1): random, with the empty
+    """Hubbard-encoded rows (site values 0..3, docs/theory.md §1): random, with the empty
     configuration (all zeros, a zero-norm input) and a duplicated row included."""
     rows = np.random.default_rng(seed).integers(0, 4, size=(n_configs, n_sites))
     rows[0] = 0
@@ -126,7 +126,7 @@ CONVERGENCE_SEEDS = (0, 1, 2)
 
 @pytest.mark.slow
 def test_empirical_ntk_and_qs_ntk_converge_like_one_over_sqrt_width() -> None:
-    """Empirical NTK and Hermitian QS-NTK -> closed forms at rate width^-1/2 (theory.md §4).
+    """Empirical NTK and Hermitian QS-NTK -> closed forms at rate width^-1/2 (docs/theory.md §4).
 
     One-hidden-layer ReLU MLP (sw = sb = 1) on 32 spin configurations of 9 sites; the
     Hermitian block of the decoupled NNQS tends to ``2 Theta_inf``. Errors are the RMS
@@ -200,7 +200,7 @@ def test_empirical_ntk_close_to_closed_form_at_moderate_width(
 def test_shared_trunk_mixing_vanishes_like_one_over_sqrt_width() -> None:
     """shared_trunk: ``||Theta_uv|| / ||Theta_uu||`` and ``||Theta|| / ||ThetaH||`` -> 0 at
     rate width^-1/2 (a sum of n terms with mean-zero readout products ``W_u W_v``), and
-    ``ThetaH -> 2 Theta_inf`` of the one-output network (theory.md §4)."""
+    ``ThetaH -> 2 Theta_inf`` of the one-output network (docs/theory.md §4)."""
     x = jnp.asarray(_spins(9, 24))
     widths = (256, 1024, 4096)
     mixing, symmetric = [], []
@@ -224,7 +224,7 @@ def test_shared_trunk_mixing_vanishes_like_one_over_sqrt_width() -> None:
 
 def test_complex_output_tends_to_a_circular_gp() -> None:
     """complex_output: ``Theta -> 0`` and ``ThetaH ->`` the NTK of the real MLP with the
-    same sw, sb, within C/sqrt(width) at width 4096 (networks.py, theory.md §4)."""
+    same sw, sb, within C/sqrt(width) at width 4096 (networks.py, docs/theory.md §4)."""
     x = jnp.asarray(_spins(9, 24))
     width = 4096
     nnqs = nw.complex_output(nw.mlp_trunk(1, width, "relu", sw=1.0, sb=0.5), sw=1.0, sb=0.5)
@@ -262,7 +262,7 @@ def _nngp_cases() -> list[Any]:
 def test_ensemble_covariance_matches_nngp(make: Callable[[], nw.NNQS]) -> None:
     """Sample covariances ``E[a(x) b(x')]``, a, b in {u, v}, of 2000 networks = ``infinite(k)[0]``.
 
-    theory.md §4 (NNGP). Each entry's z-score uses its own sample standard error (the
+    docs/theory.md §4 (NNGP). Each entry's z-score uses its own sample standard error (the
     spread of ``a_m(x) b_m(x')`` over members / sqrt(M)), which also covers the
     non-Gaussian tails of finite-width outputs; all |z| < MAX_Z.
     """
@@ -287,7 +287,7 @@ def test_ensemble_covariance_matches_nngp(make: Callable[[], nw.NNQS]) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# 2. theory.md §4 identities
+# 2. docs/theory.md §4 identities
 # ---------------------------------------------------------------------------------------
 
 
@@ -310,7 +310,7 @@ def _wrapper_cases(width: int) -> list[Any]:
 
 @pytest.mark.parametrize("make", _wrapper_cases(16))
 def test_qs_ntk_blocks_match_complex_jacobian(make: Callable[[], nw.NNQS]) -> None:
-    """``Theta = Theta_uu - Theta_vv + i(Theta_uv + Theta_vu)`` and ``ThetaH`` (theory.md §4).
+    """``Theta = Theta_uu - Theta_vv + i(Theta_uv + Theta_vu)`` and ``ThetaH`` (docs/theory.md §4).
 
     Checked against ``sum_p dpsi(x) dpsi(x')`` and ``sum_p dpsi(x) conj dpsi(x')`` from
     the Jacobian of the complex psi itself, on spin and on Hubbard-encoded inputs, to
@@ -387,7 +387,7 @@ def _assert_hermitian_psd(omega: Any) -> None:
 @pytest.mark.parametrize("make", _wrapper_cases(16))
 def test_empirical_omega_is_hermitian_psd(make: Callable[[], nw.NNQS]) -> None:
     """Empirical ``Omega = [[ThetaH, Theta], [conj Theta, conj ThetaH]]`` is a Gram matrix
-    of ``[dpsi; conj dpsi]``, so Hermitian PSD (theory.md §4), for all three wrappers."""
+    of ``[dpsi; conj dpsi]``, so Hermitian PSD (docs/theory.md §4), for all three wrappers."""
     nnqs = make()
     params = nnqs.init(jax.random.key(1), 8)
     x = _spins(8, 40)
@@ -413,7 +413,7 @@ def test_infinite_omega_is_hermitian_psd(nnqs: nw.NNQS) -> None:
 
 
 def _gradient_step_residuals(nnqs: nw.NNQS, etas: tuple[float, ...]) -> list[float]:
-    """Relative residuals of the gradient-flow identity of theory.md §4, one GD step each.
+    """Relative residuals of the gradient-flow identity of docs/theory.md §4, one GD step each.
 
     Loss ``L = sum_b |psi_b - phi_b|^2 + Re(a psi_b^2)`` (real, with different Wirtinger
     derivatives ``dl/dpsi = conj(psi - phi) + a psi``, ``dl/dconj psi = conj(dl/dpsi)``),

@@ -1,7 +1,7 @@
-"""Tests of layers, networks and ensembles (theory.md §3, kernel maps of §4).
+"""Tests of layers, networks and ensembles (docs/theory.md §3, kernel maps of §4).
 
 What is established here: the kernel maps of single layers against the textbook
-closed forms of theory.md §4, the equivalence of the NTK and standard
+closed forms of docs/theory.md §4, the equivalence of the NTK and standard
 parameterisations, that frozen layers are invisible to the tangent kernel, that an
 ensemble member's parameters depend on (seed, index) only, and that bad
 hyper-parameters are rejected with an error naming the parameter.
@@ -41,7 +41,7 @@ EXACT = 1e-12
 
 
 def _spins(n_sites: int, n_configs: int, seed: int = 0) -> np.ndarray:
-    """``n_configs`` distinct spin configurations in ``{-1, +1}^n_sites`` (theory.md §1)."""
+    """``n_configs`` distinct spin configurations in ``{-1, +1}^n_sites`` (docs/theory.md §1)."""
     codes = np.random.default_rng(seed).choice(2**n_sites, n_configs, replace=False)
     bits = (codes[:, None] >> np.arange(n_sites - 1, -1, -1)) & 1
     return 1.0 - 2.0 * bits
@@ -70,12 +70,12 @@ def _random_kernel(seed: int, n: int = 40, integer: bool = False) -> Kernel:
 
 
 # ---------------------------------------------------------------------------------------
-# single-layer kernel maps against theory.md §4
+# single-layer kernel maps against docs/theory.md §4
 # ---------------------------------------------------------------------------------------
 
 
 def test_relu_map_matches_arccos_formula() -> None:
-    """ReLU map = arc-cosine formulas of theory.md §4 (textbook arccos form, float64).
+    """ReLU map = arc-cosine formulas of docs/theory.md §4 (textbook arccos form, float64).
 
     The layer computes the angle from ``dist`` to stay exact near coincident inputs;
     here it is compared with the plain ``arccos(K12/sqrt(K11 K22))`` formula away from them.
@@ -109,7 +109,7 @@ def test_relu_map_exact_at_coincident_inputs() -> None:
 
 
 def test_erf_map_matches_williams_formula() -> None:
-    """erf map = Williams' arcsine NNGP and its derivative kernel (theory.md §4)."""
+    """erf map = Williams' arcsine NNGP and its derivative kernel (docs/theory.md §4)."""
     k = _random_kernel(2)
     out = erf_activation().kernel(k)
     k11, k22, k12 = np.asarray(k.var1), np.asarray(k.var2), np.asarray(k.nngp)
@@ -143,7 +143,7 @@ def test_dense_map() -> None:
     ids=["relu", "erf", "dense", "cos", "exp", "relu-depth2"],
 )
 def test_carried_distance_is_consistent(layer: Layer) -> None:
-    """The carried ``dist`` equals ``var1 + var2 - 2 nngp`` after every map (theory.md §4).
+    """The carried ``dist`` equals ``var1 + var2 - 2 nngp`` after every map (docs/theory.md §4).
 
     ``dist`` is propagated by its own formula (no cancellation); a wrong formula would
     silently corrupt every kernel downstream of it. On integer inputs it is exactly
@@ -164,7 +164,7 @@ def test_carried_distance_is_consistent(layer: Layer) -> None:
 @pytest.mark.parametrize("depth", [1, 2, 3])
 @pytest.mark.parametrize("activation", ["relu", "erf"])
 def test_standard_and_ntk_parameterisation_share_nngp(depth: int, activation: str) -> None:
-    """Standard and NTK parameterisations: same NNGP map and the same function (theory.md §3).
+    """Standard and NTK parameterisations: same NNGP map and the same function (docs/theory.md §3).
 
     Both draw the same N(0, 1) numbers; the standard one stores ``w sw/sqrt(n_in)`` and
     ``b sb``, so networks from the same key compute the same outputs.
@@ -190,7 +190,7 @@ def test_standard_and_ntk_parameterisation_share_nngp(depth: int, activation: st
 def test_single_dense_layer_ntk_is_exact(parameterization: str, sb: float | None) -> None:
     """A linear network ``f = W x + b`` has a deterministic NTK: the kernel map is exact at
     any width. NTK parameterisation: ``sw^2 x.x'/d + sb^2``; standard: ``x.x' + 1[bias]``
-    (the bias gradient is 1 even when ``sb = 0``) (theory.md §3-§4)."""
+    (the bias gradient is 1 even when ``sb = 0``) (docs/theory.md §3-§4)."""
     net = dense(1, sw=1.3, sb=sb, parameterization=parameterization)  # type: ignore[arg-type]
     x = jnp.asarray(np.random.default_rng(2).normal(size=(9, 4)))
     params = net.init(jax.random.key(0), 4)[1]
@@ -204,7 +204,7 @@ def test_single_dense_layer_ntk_is_exact(parameterization: str, sb: float | None
 
 
 def test_frozen_layer_contributes_nothing_to_empirical_ntk() -> None:
-    """``trainable=False`` parameters are absent from the tangent kernel (theory.md §4).
+    """``trainable=False`` parameters are absent from the tangent kernel (docs/theory.md §4).
 
     With a frozen hidden layer the empirical NTK is exactly that of the readout,
     ``(sw^2/n) phi(x).phi(x') + sb^2``, built here from the features by hand; the
@@ -232,7 +232,7 @@ def test_frozen_layer_contributes_nothing_to_empirical_ntk() -> None:
 
 
 def test_frozen_features_keep_their_parameters_out_of_the_gradient() -> None:
-    """A frozen CosNet feature layer has no parameters in the trainable tree (theory.md §3)."""
+    """A frozen CosNet feature layer has no parameters in the trainable tree (docs/theory.md §3)."""
     net = nw.cosnet(width=10, s0=1.0, s1=1.0, train_features=False)
     trainable, frozen = net.init(jax.random.key(0), 4)[1]
     flat, _ = ravel_pytree(trainable)
@@ -254,7 +254,7 @@ def test_frozen_features_keep_their_parameters_out_of_the_gradient() -> None:
     ids=["decoupled", "complex_output"],
 )
 def test_ensemble_member_depends_only_on_seed_and_index(make: Callable[[], nw.NNQS]) -> None:
-    """Member i's parameters are a function of (seed, i) only (networks.py, theory.md §5).
+    """Member i's parameters are a function of (seed, i) only (networks.py, docs/theory.md §5).
 
     ``init_ensemble(seed, [5])`` reproduces row 5 of ``init_ensemble(seed, range(8))`` bit
     for bit; a different seed or index gives different parameters.

@@ -1,4 +1,4 @@
-"""The node checks (analysis.node_check) and the scale figures (analysis.bench_scale).
+"""The node checks (analysis.node_check) and the scale figures (analysis.bench.scale).
 
 The whole ``--small`` run is exercised end to end by ``tests/test_offline_kit.py``
 (offline install, then ``gpu/node-check.sh --small``); here, that each piece can fail.
@@ -15,7 +15,8 @@ import pytest
 import zarr
 
 import suite  # noqa: F401  (float64)
-from analysis import bench_scale, node_check
+from analysis import node_check
+from analysis.bench import scale
 from suite.hilbert import SpinBasis
 from suite.kernels.gram import gram
 from suite.networks import mlp
@@ -78,26 +79,26 @@ def test_hamming_sum_is_the_sum_of_the_gram_matrix() -> None:
 
     x = SpinBasis(6).inputs()
     dense = float(np.sum(np.asarray(gram(ntk, x, x, method="direct"))))
-    assert math.isclose(bench_scale.hamming_sum(ntk, 6), dense, rel_tol=1e-13)
+    assert math.isclose(scale.hamming_sum(ntk, 6), dense, rel_tol=1e-13)
 
 
 def test_gram_full_basis_refuses_a_tile_that_does_not_divide() -> None:
     with pytest.raises(ValueError, match="tile must divide 2\\*\\*n_sites = 64"):
-        bench_scale.measure_gram_full_basis({"n_sites": 6, "tile": 48, "width": 8})
+        scale.measure_gram_full_basis({"n_sites": 6, "tile": 48, "width": 8})
 
 
 def test_float32_matmuls_on_cpu_are_not_tf32() -> None:
-    assert bench_scale.float32_matmul_precision() == "float32"
-    peak = bench_scale.device_peak(())  # no datasheet for a CPU: measured
+    assert scale.float32_matmul_precision() == "float32"
+    peak = scale.device_peak(())  # no datasheet for a CPU: measured
     assert peak.source.startswith("measured in this run") and not peak.flop_per_s
     assert peak.memory_bytes_per_s > 1e8
 
 
 @pytest.mark.slow
 def test_time_to_solution_projects_past_its_deadline() -> None:
-    from analysis.bench import CASES
+    from analysis.bench.cases import CASES
 
     params = CASES["time_to_solution"].parameters("quick") | {"deadline_s": 0.0}
-    values, notes = bench_scale.measure_time_to_solution(params)
+    values, notes = scale.measure_time_to_solution(params)
     assert "seconds" not in values and values["projected_seconds"] > values["preparation_seconds"]
     assert notes[0].startswith("PROJECTED: 1 of 2 tasks ran")

@@ -1,4 +1,5 @@
-"""Parity with neural-tangents 0.6.5: kernels (theory.md §4) and predictions (theory.md §5).
+"""Parity with neural-tangents 0.6.5: kernels (docs/theory.md §4) and predictions
+(docs/theory.md §5).
 
 The reference ``reference.npz`` comes from ``tests/parity/nt_reference.py`` run in the
 pinned neural-tangents environment (``make parity``); it holds the inputs, a JSON list

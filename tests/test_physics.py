@@ -1,4 +1,5 @@
-"""Tests of lattices, bases, Hamiltonians, quench targets and entropies (theory.md §1, §2, §6)."""
+"""Tests of lattices, bases, Hamiltonians, quench targets and entropies
+(docs/theory.md §1, §2, §6)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def test_shipped_profiles_load() -> None:
 
 
 def test_load_by_path_equals_load_by_name() -> None:
-    path = Path(__file__).resolve().parents[1] / "slurm" / "profiles" / "local.toml"
+    path = Path(__file__).resolve().parents[1] / "jobs" / "clusters" / "local.toml"
     assert load_profile(path) == load_profile(str(path)) == load_profile("local")
 
 

@@ -24,8 +24,9 @@ import suite  # noqa: F401  (first: enables JAX float64)
 
 import pytest
 
-from jobs import studies
-from jobs.spec import load_spec, memory_estimates, parse_spec
+from jobs.registry import study
+from jobs.spec import load_spec, parse_spec
+from jobs.studies import memory_estimates, problems
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def dynamics_spec(lattice: tuple[int, int], train_sizes: list[int], **extra: Any
 
 def test_preparation_holds_one_problem_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each problem is released before the next is built (in both passes of the layout)."""
-    built = studies.split_problem
+    built = problems.split_problem
     alive: list[weakref.ref[Any]] = []
 
     def split_problem(*args: Any, **kwargs: Any) -> Any:
@@ -56,10 +57,10 @@ def test_preparation_holds_one_problem_at_a_time(monkeypatch: pytest.MonkeyPatch
         alive.append(weakref.ref(problem))
         return problem
 
-    monkeypatch.setattr(studies, "split_problem", split_problem)
-    studies.dynamics_layout(dynamics_spec((2, 3), [8, 16]))
+    monkeypatch.setattr(problems, "split_problem", split_problem)
+    study("dynamics").layout(dynamics_spec((2, 3), [8, 16]))
     assert len(alive) == 4  # two train sizes, two passes
-    studies.kernels_layout(
+    study("kernels").layout(
         parse_spec(
             {
                 "sweep": {"name": "k", "study": "kernels"},
@@ -80,7 +81,7 @@ def test_tfim_4x4_preparation_allocates_no_basis_squared_array() -> None:
     spec = dynamics_spec((4, 4), [16])
     tracemalloc.start()
     try:
-        layout = studies.dynamics_layout(spec)
+        layout = study("dynamics").layout(spec)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

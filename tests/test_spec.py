@@ -16,19 +16,16 @@ from typing import Any
 import pytest
 
 import suite  # noqa: F401  (enables float64)
-from jobs import cli
-from jobs import spec as spec_module
 from jobs.spec import (
     SPEC_DIR,
     SpecError,
-    check_memory,
     load_spec,
-    memory_estimates,
     parse_spec,
-    shard_memory_bytes,
     target_dimension,
 )
-from jobs.studies import expand, grid_axes
+from jobs.studies import base as studies_base
+from jobs.studies import check_memory, expand, grid_axes, memory_estimates
+from nnqs import cli
 
 SHIPPED = sorted(path.stem for path in SPEC_DIR.glob("*.toml"))
 #: (grid points, shards per point) of the specs this suite ships
@@ -374,7 +371,7 @@ def test_missing_spec_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["quickstart", "paper-entanglement"])
 def test_check_memory_refuses_a_shard_that_does_not_fit(name: str) -> None:
     spec = load_spec(name)
-    needed = shard_memory_bytes(spec)
+    needed = memory_estimates(spec)["shard"]
     assert needed > 0
     check_memory(spec, available=needed)
     check_memory(spec, available=10 * needed)
@@ -386,10 +383,10 @@ def test_check_memory_refuses_a_shard_that_does_not_fit(name: str) -> None:
     # the estimate grows with the shard and with the width
     smaller = spec.to_dict()
     smaller["ensemble"]["shard_size"] = spec.ensemble.shard_size // 2
-    assert shard_memory_bytes(parse_spec(smaller)) < needed
+    assert memory_estimates(parse_spec(smaller))["shard"] < needed
     wider = spec.to_dict()
     wider["grid"]["widths"] = [width * 2 for width in spec.grid.widths]
-    assert shard_memory_bytes(parse_spec(wider)) > needed
+    assert memory_estimates(parse_spec(wider))["shard"] > needed
 
 
 def test_the_memory_estimate_covers_preparation_and_aggregation() -> None:
@@ -468,7 +465,7 @@ def test_cli_refuses_a_shard_too_large_for_this_host(
 ) -> None:
     """check_memory runs before the store is prepared: a refusal leaves no store."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(spec_module, "available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr(studies_base, "available_memory_bytes", lambda: 1024)
     path = write_bad(tmp_path, "tiny", TINY, {})
     store = tmp_path / "s.zarr"
     status, _, err = run_cli(capsys, "run", str(path), "--store", str(store))

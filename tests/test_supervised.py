@@ -1,4 +1,4 @@
-"""Supervised-learning set-ups and infinite-width loss curves (theory.md §5)."""
+"""Supervised-learning set-ups and infinite-width loss curves (docs/theory.md §5)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_target_scales() -> None:
 
 def test_curves_start_at_the_prior_and_end_at_the_limit(problem) -> None:
     """t = 0: loss of the mean is mean|phi|^2 and the ensemble adds Var psi = 2 K(x, x);
-    t = inf: the train losses vanish, the test losses are finite (theory.md §5)."""
+    t = inf: the train losses vanish, the test losses are finite (docs/theory.md §5)."""
     eta = 0.5 * problem.eta_max
     curves = infinite_width_curves(problem, eta, np.asarray([0.0, np.inf]), discrete=False)
     phi_train = problem.phi[problem.train]

@@ -1,6 +1,6 @@
 """Tests of the sweep engine on real Zarr stores: runs, resume, faults, aggregation.
 
-Established here (jobs/sweep.py, jobs/studies.py, suite/store.py, analysis/aggregate.py):
+Established here (jobs/sweep.py, jobs/studies/, suite/store.py, jobs/aggregate.py):
 
 * a local sweep's per-member results equal :func:`suite.training.train_ensemble` run
   directly on all members, and the Dask aggregation equals :func:`summarize` of the
@@ -35,17 +35,19 @@ import xarray as xr
 import zarr
 from stores import assert_identical, run_nnqs, tiny_dynamics
 
-from analysis.aggregate import aggregate
 from analysis.compare import relative_deviations
 from analysis.report import write_report
-from jobs import cli
+from jobs.aggregate import aggregate
 from jobs.spec import load_spec
-from jobs.studies import SUMS, dynamics_nnqs, entanglement_study, expand
+from jobs.studies import expand
+from jobs.studies.entanglement import entanglement_study
+from jobs.studies.problems import dynamics_nnqs
 from jobs.sweep import execute_task, open_sweep, task_states
+from nnqs import cli
 from suite.entanglement import ensemble_entanglement
 from suite.kernels.gram import gram
 from suite.store import SweepStore
-from suite.training import combine, summarize, train_ensemble
+from suite.training import SUMS, combine, summarize, train_ensemble
 
 
 def dynamics(max_steps: int) -> str:
@@ -201,7 +203,7 @@ def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
     spec_path = _spec_file(tmp_path, dynamics(max_steps=40))
     store_path = tmp_path / "killed.zarr"
     process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--store", str(store_path)],
+        [sys.executable, "-m", "nnqs", "run", str(spec_path), "--store", str(store_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -1,4 +1,4 @@
-"""Tests of finite-width ensemble gradient descent (theory.md §3, §5; suite/training.py).
+"""Tests of finite-width ensemble gradient descent (docs/theory.md §3, §5; suite/training/).
 
 Established here:
 
@@ -12,7 +12,7 @@ Established here:
 * the same run on 1, 2 and 4 (fake CPU) devices gives the same member losses
   (``1e-12`` float64, ``1e-5`` float32), also for member counts not divisible by the
   device count;
-* at large width and small learning rate the ensemble behaves as theory.md §5 says:
+* at large width and small learning rate the ensemble behaves as docs/theory.md §5 says:
   the mean train loss decreases monotonically and the t = 0 variance is the NNGP prior
   ``K_uu(x, x) + K_vv(x, x)`` of ``nnqs.infinite`` within Monte-Carlo error;
 * :func:`summarize` implements the documented estimators exactly; bad arguments raise
@@ -38,11 +38,17 @@ import numpy as np
 import pytest
 
 from suite import networks as nw
-from suite import training
 from suite.dynamics import max_learning_rate
 from suite.kernels.gram import diagonal, gram
 from suite.targets import TFIMQuench, build_target
-from suite.training import EnsembleStats, combine, fast_template, summarize, train_ensemble
+from suite.training import (
+    EnsembleStats,
+    combine,
+    ensemble,
+    fast_template,
+    summarize,
+    train_ensemble,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: two float64 evaluations of the same gradient descent (different summation order and
@@ -80,7 +86,7 @@ def _assert_same(a: EnsembleStats, b: EnsembleStats, rtol: float) -> None:
 
 
 def _reference(nnqs, x, phi, train, *, seed, members, learning_rate, log_steps):
-    """Plain per-member gradient descent with jax.grad, statistics in numpy (theory.md §5)."""
+    """Plain per-member gradient descent with jax.grad, statistics in numpy (docs/theory.md §5)."""
     test = np.setdiff1d(np.arange(x.shape[0]), train)
     xt, yt = jnp.asarray(x[train]), jnp.asarray(phi[train])
 
@@ -288,7 +294,7 @@ def test_devices_default_and_bound():
 
 
 # ---------------------------------------------------------------------------------------
-# theory.md §5: the linearised regime
+# docs/theory.md §5: the linearised regime
 # ---------------------------------------------------------------------------------------
 
 
@@ -425,8 +431,8 @@ BAD = [
 def test_bad_arguments_raise_before_any_work(monkeypatch, change, name):
     x, phi, train = _problem()
     monkeypatch.setattr(jax, "jit", _refuse)
-    monkeypatch.setattr(training, "_compiled", _refuse)
-    monkeypatch.setattr(training, "fast_template", _refuse)
+    monkeypatch.setattr(ensemble, "_compiled", _refuse)  # where train_ensemble finds them
+    monkeypatch.setattr(ensemble, "fast_template", _refuse)
     args = dict(
         nnqs=EXPLODING,
         inputs=x,
@@ -453,10 +459,10 @@ def test_bad_arguments_raise_before_any_work(monkeypatch, change, name):
 def test_accelerator_blocks_fill_the_device():
     """On a GPU a block is one set of kernel launches: 4,096 width-4096 members run in
     blocks of 32 (2^26 elements), not 4,096 one-member blocks (the CPU's cache size)."""
-    from suite.training import ACCELERATOR_BLOCK_ELEMENTS, BLOCK_ELEMENTS, _layout
+    from suite.training.layout import ACCELERATOR_BLOCK_ELEMENTS, BLOCK_ELEMENTS, plan_layout
 
-    cpu = _layout(4096, 1, 256, 512, 4096, None, 1)
-    gpu = _layout(4096, 1, 256, 512, 4096, None, 1, block_elements=ACCELERATOR_BLOCK_ELEMENTS)
+    cpu = plan_layout(4096, 1, 256, 512, 4096, None, 1)
+    gpu = plan_layout(4096, 1, 256, 512, 4096, None, 1, block_elements=ACCELERATOR_BLOCK_ELEMENTS)
     assert (cpu.block, cpu.n_blocks) == (1, 4096)
     assert (gpu.block, gpu.n_blocks) == (32, 128) and gpu.train_chunk == 256
     assert 2 * gpu.block * gpu.train_chunk * 4096 == ACCELERATOR_BLOCK_ELEMENTS

@@ -1,4 +1,4 @@
-"""Gram matrices computed in Dask tiles straight into a Zarr array (theory.md §4, §6).
+"""Gram matrices computed in Dask tiles straight into a Zarr array (docs/theory.md §4, §6).
 
 A Gram matrix between ``n1`` rows and ``n2`` columns is a Dask array of tiles, each
 ``gram(fn, row block, column block)``; it is stored into a Zarr array whose chunks

@@ -1,4 +1,4 @@
-"""Empirical (finite-width) tangent kernels by autodiff (theory.md §4).
+"""Empirical (finite-width) tangent kernels by autodiff (docs/theory.md §4).
 
 ``Theta_ab(x, x') = sum_p d_p a(x) d_p b(x')`` over the trainable parameters p,
 for ``a, b in {u, v}`` of a network ``psi = u + i v``. The Jacobians of the
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from suite.kernels.qsntk import PairKernel
 from suite.layers import Layer, Params
 from suite.networks import NNQS
+from suite.qsntk import PairKernel
 
 Array = jax.Array
 

@@ -1,4 +1,5 @@
-"""Gram matrices of infinite-width kernels, with the fast path for discrete inputs (theory.md §4).
+"""Gram matrices of infinite-width kernels, with the fast path for discrete inputs
+(docs/theory.md §4).
 
 Every kernel of :mod:`suite.layers` depends on two inputs only through the triple
 ``(|x|^2, |x'|^2, x.x')``. On integer-valued inputs (spins ``+-1``, the Hubbard

@@ -1,7 +1,7 @@
-"""neural-tangents side of the kernel throughput benchmark (theory.md §4).
+"""neural-tangents side of the kernel throughput benchmark (docs/theory.md §4).
 
 Runs ONLY in the pinned reference environment (neural-tangents 0.6.5, jax 0.4.25); it
-must not import ``suite``. ``analysis/bench_kernels.py`` launches it. The problem:
+must not import ``suite``. ``analysis/bench/kernels.py`` launches it. The problem:
 
 * network: ``Dense(512) -> Relu -> Dense(1)``, NTK parameterisation, ``W_std=1``,
   ``b_std=0`` (our ``mlp(1, 512, "relu", 1.0, 0.0)``), float64, ``get='ntk'``;

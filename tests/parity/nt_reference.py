@@ -1,4 +1,4 @@
-"""Reference kernels and predictions from neural-tangents (theory.md §4-§5).
+"""Reference kernels and predictions from neural-tangents (docs/theory.md §4-§5).
 
 Runs ONLY in the pinned reference environment (neural-tangents 0.6.5, jax 0.4.25,
 ``make parity`` builds it); it must not import ``suite``, whose code needs current jax.
@@ -33,7 +33,7 @@ biases (``b_std=None`` for ``sb=None``), ReLU MLPs in standard parameterisation,
 CosNet, and ``gradient_descent_mse_ensemble`` predictions (``get='ntk'``, mean and
 covariance) on spin and dyadic real inputs.
 
-CosNet (theory.md §3). Our feature is ``cos(z + b)``, ``b ~ U(-pi, pi)`` a trainable
+CosNet (docs/theory.md §3). Our feature is ``cos(z + b)``, ``b ~ U(-pi, pi)`` a trainable
 phase, ``z = (s0/sqrt(d)) W0 x``. neural-tangents has deterministic phases only, so the
 reference is ``Dense(w, W_std=s0, b_std=1) -> Sin(c=pi/4) -> Dense(1, W_std=s1,
 b_std=None)``, the same kernel pair because for a centred Gaussian pair ``u, v`` and

@@ -1,5 +1,5 @@
 """Parallel scaling in ``nnqs bench``: strong scaling over devices, local processes and SLURM
-array tasks, and weak scaling over devices (declared in :data:`analysis.bench.CASES`).
+array tasks, and weak scaling over devices (declared in :data:`analysis.bench.cases.CASES`).
 
 Each case measures a throughput at every worker count ``n`` of its parameters and reports
 it with the speed-up over one worker and the parallel efficiency (:func:`scaling_figures`):
@@ -20,8 +20,8 @@ the grown problem, and the same formula gives ``t(1 worker, M) / t(n workers, n 
 * :func:`measure_slurm_scaling` - tasks/s of the same sweep submitted to SLURM as a job
   array (:func:`jobs.executors.submit_slurm`) of ``n`` elements running at once.
 
-``python -m analysis.bench_parallel PARAMS_JSON`` is the device worker: one
-:func:`analysis.bench.measure_training` on all visible devices, printed as JSON.
+``python -m analysis.bench.parallel PARAMS_JSON`` is the device worker: one
+:func:`analysis.bench.measures.measure_training` on all visible devices, printed as JSON.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis.bench_case import CaseSkipped, Measured
+from analysis.bench.measures import CaseSkipped, Measured, measure_training
 
 if TYPE_CHECKING:
     from jobs.executors import RunReport
     from jobs.spec import SweepSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: how to get the test cluster of ``slurm/`` (in the error when SLURM does not answer)
 SLURM_HINT = 'start one: bash slurm/cluster.sh start; eval "$(bash slurm/cluster.sh env)"'
 
@@ -116,10 +116,10 @@ def _device_env(count: int, platform_name: str) -> dict[str, str]:
 
 
 def _device_worker(params: Mapping[str, Any], count: int, platform_name: str) -> float:
-    """Member-steps/s of :func:`analysis.bench.measure_training` with ``params`` in a fresh
+    """Member-steps/s of :func:`analysis.bench.measures.measure_training` with ``params`` in a fresh
     process that sees ``count`` devices (checked)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "analysis.bench_parallel", json.dumps(dict(params))],
+        [sys.executable, "-m", "analysis.bench.parallel", json.dumps(dict(params))],
         capture_output=True,
         text=True,
         env=_device_env(count, platform_name),
@@ -155,7 +155,7 @@ def _device_rates(params: Mapping[str, Any], per_device: bool) -> tuple[dict[int
 
 def measure_device_scaling(params: Mapping[str, Any]) -> Measured:
     """Strong scaling over devices: member-steps/s of a ``members``-member ensemble
-    (:func:`analysis.bench.measure_training`'s parameters) on each count of ``devices``,
+    (:func:`analysis.bench.measures.measure_training`'s parameters) on each count of ``devices``,
     speed-up and efficiency."""
     rates, note = _device_rates(params, per_device=False)
     return scaling_figures(rates, "member_steps_per_s"), [note]
@@ -221,7 +221,7 @@ def measure_process_scaling(params: Mapping[str, Any]) -> Measured:
 
 
 def check_slurm() -> None:
-    """Raise :class:`~analysis.bench_case.CaseSkipped` (one line) unless ``sbatch`` exists
+    """Raise :class:`~analysis.bench.measures.CaseSkipped` (one line) unless ``sbatch`` exists
     and ``sinfo`` answers."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         raise CaseSkipped(f"SLURM is not reachable: no sinfo/sbatch on PATH ({SLURM_HINT})")
@@ -265,7 +265,7 @@ def measure_slurm_scaling(params: Mapping[str, Any]) -> Measured:
     ``n`` elements running at once, for each ``n`` of ``array_tasks`` (submission to the
     last result: queueing, job start-up and compilation included), speed-up and efficiency.
     The stores go under ``directory`` (it must be on a file system the nodes share).
-    Skipped (:class:`~analysis.bench_case.CaseSkipped`) when SLURM does not answer."""
+    Skipped (:class:`~analysis.bench.measures.CaseSkipped`) when SLURM does not answer."""
     check_slurm()
     jobs: list[str] = []
     runner = _slurm_runner(params["profile"], jobs)
@@ -275,13 +275,12 @@ def measure_slurm_scaling(params: Mapping[str, Any]) -> Measured:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The device worker: :func:`analysis.bench.measure_training` on all visible devices."""
+    """The device worker: :func:`analysis.bench.measures.measure_training` on all visible
+    devices."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("params", help="measure_training's parameters, as JSON")
     args = parser.parse_args(argv)
     import jax
-
-    from analysis.bench import measure_training
 
     values, _ = measure_training(json.loads(args.params))
     print(json.dumps({**values, "devices": len(jax.devices())}))

@@ -1,6 +1,6 @@
-"""Ensemble gradient-descent throughput: :func:`suite.training.train_ensemble` (theory.md §5).
+"""Ensemble gradient-descent throughput: :func:`suite.training.train_ensemble` (docs/theory.md §5).
 
-``python -m analysis.bench_training`` times full-batch GD of an ensemble of M = 256
+``python -m analysis.bench.training`` times full-batch GD of an ensemble of M = 256
 decoupled one-hidden-layer ReLU NNQS (NTK parameterisation, ``sw = sb = 1``) on
 B = 256 train points of the TFIM 3x3 quench target, float32, at widths 1024 and 4096,
 and compares, in the same process:
@@ -49,15 +49,12 @@ import numpy as np
 from suite import networks as nw
 from suite import training
 from suite.targets import TFIMQuench, build_target
+from suite.training import layout as blocks
+from suite.training.engines import FastEngine, flops_per_member_step
 
 N_TRAIN, SEED, DATA_SEED = 256, 0, 0
 #: a learning rate well inside the stable range for every width (NTK parameterisation)
 LEARNING_RATE = 0.5
-
-
-def flops_per_member_step(batch: int, width: int, dim: int) -> float:
-    """``2 networks x B n (4 d + 6)`` (module docstring)."""
-    return 2.0 * batch * width * (4 * dim + 6)
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -177,6 +174,7 @@ def ours(
     return run
 
 
+# long: the three truncated programs share the engine, layout and chunks built here
 def phases(
     nnqs: nw.NNQS, x: np.ndarray, phi: np.ndarray, train: np.ndarray, members: int
 ) -> dict[str, Callable[[int], Any]]:
@@ -187,15 +185,15 @@ def phases(
     """
     template = training.fast_template(nnqs, x.shape[1])
     assert template is not None
-    engine = training._Fast(template)
-    lanes = training._default_lanes(jax.local_devices()[:1])
-    layout = training._layout(members, 1, N_TRAIN, x.shape[0], template.width, None, lanes)
+    engine = FastEngine(template)
+    lanes = blocks.default_lanes(jax.local_devices()[:1])
+    layout = blocks.plan_layout(members, 1, N_TRAIN, x.shape[0], template.width, None, lanes)
     params = nw.init_ensemble(nnqs, SEED, np.arange(layout.padded), x.shape[1])
-    state = training._split_lanes(engine.state(params, jnp.float32), layout)
+    state = blocks.split_lanes(engine.state(params, jnp.float32), layout)
     x_engine = engine.inputs(x)[train].astype(np.float32)
-    xc = training._chunks(x_engine, layout.train_chunk, layout.n_train_chunks)
+    xc = blocks.chunk_rows(x_engine, layout.train_chunk, layout.n_train_chunks)
     yc = np.moveaxis(
-        training._chunks(
+        blocks.chunk_rows(
             np.stack([phi.real, phi.imag])[:, train].T.astype(np.float32),
             layout.train_chunk,
             layout.n_train_chunks,
@@ -203,7 +201,7 @@ def phases(
         -1,
         1,
     )
-    wc = training._chunks(
+    wc = blocks.chunk_rows(
         np.full(N_TRAIN, 1 / N_TRAIN, np.float32), layout.train_chunk, layout.n_train_chunks, 0.0
     )
     lr = jnp.float32(LEARNING_RATE)
@@ -217,21 +215,21 @@ def phases(
         def one(xb: jax.Array, yb: jax.Array, wb: jax.Array) -> jax.Array:
             return engine._forward(*engine._nets(block), xb)[1]
 
-        return nudge(block, training._sum_chunks(one, (xc, yc, wc)))
+        return nudge(block, blocks.sum_chunks(one, (xc, yc, wc)))
 
     def gradient(block: Any) -> Any:
-        grads = training._sum_chunks(lambda *c: engine.grads(block, *c), (xc, yc, wc))
+        grads = blocks.sum_chunks(lambda *c: engine.grads(block, *c), (xc, yc, wc))
         return nudge(block, grads[0])
 
     def step(block: Any) -> Any:
-        grads = training._sum_chunks(lambda *c: engine.grads(block, *c), (xc, yc, wc))
+        grads = blocks.sum_chunks(lambda *c: engine.grads(block, *c), (xc, yc, wc))
         return engine.update(block, grads, lr)
 
     def program(fn: Callable[[Any], Any]) -> Callable[[int], Any]:
         @jax.jit
         def run(s: Any, steps: jax.Array) -> Any:
             def body(_: jax.Array, s: Any) -> Any:
-                return tuple(training._update_blocks(fn, lane, layout) for lane in s)
+                return tuple(blocks.update_blocks(fn, lane, layout) for lane in s)
 
             return jax.lax.fori_loop(0, steps, body, s)
 
@@ -253,6 +251,7 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
+# long: one report read top to bottom, each figure printed where it is measured
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 4096])
@@ -292,9 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         ref = base_losses(run_base(args.baseline_steps))
         got = run_ours(args.baseline_steps).train_loss[-1]
         agreement = float(np.max(np.abs(got - ref) / np.abs(ref)))
-        training.LANES = 1
+        blocks.LANES = 1
         t_one_lane = per_step(run_ours, args.steps, args.repeats)
-        training.LANES = None
+        blocks.LANES = None
         parts = phases(nnqs, x, phi, train, args.members)
         t_fwd, t_grad, t_step = (per_step(parts[k], args.steps, args.repeats) for k in parts)
         logged = list(range(args.steps + 1))  # every step logged: args.steps extra evaluations
@@ -302,14 +301,14 @@ def main(argv: list[str] | None = None) -> None:
             best_of(lambda r=run_ours, lg=logged: r(args.steps, lg), args.repeats)
             - best_of(lambda r=run_ours: r(args.steps), args.repeats)
         ) / args.steps
-        layout = training._layout(
+        layout = blocks.plan_layout(
             args.members,
             1,
             N_TRAIN,
             x.shape[0],
             width,
             None,
-            training._default_lanes(jax.local_devices()[:1]),
+            blocks.default_lanes(jax.local_devices()[:1]),
         )
         rate = args.members / t_ours
         rows.append((width, rate, rate * flops / 1e9, args.members / t_base))

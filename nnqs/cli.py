@@ -6,6 +6,7 @@
     nnqs dynamics --model tfim --widths 64 256 1024 --members 64 --out runs/fig2.json
     nnqs run quickstart                    # a sweep spec (jobs/specs/ or a path) -> Zarr store
     nnqs run paper-tfim --executor slurm --store /scratch/paper-tfim.zarr
+    nnqs validate paper-tfim                # grid, tasks, memory, time per task; runs nothing
     nnqs status runs/quickstart.zarr [--verify]
     nnqs resubmit runs/quickstart.zarr
     nnqs aggregate runs/quickstart.zarr [--cluster slurm]
@@ -23,7 +24,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from analysis.bench import add_bench_parser
+from analysis.bench.cli import add_bench_parser
+from jobs.spec import ARCHITECTURES, KINDS
 from suite.entanglement import entanglement_profile
 from suite.targets import TARGETS, build_target, make_spec, target_summary
 
@@ -243,8 +245,38 @@ def _cmd_run(args: argparse.Namespace) -> Any:
     return _finish(store, args, summary)
 
 
+def _cmd_validate(args: argparse.Namespace) -> Any:
+    from jobs.plan import sweep_plan
+    from jobs.spec import load_spec
+    from jobs.studies import check_memory
+
+    spec = load_spec(args.spec)
+    gflop_per_s, source = args.gflops, "--gflops"
+    if gflop_per_s is None:
+        gflop_per_s, source = _reference_gflops()
+    plan = {**sweep_plan(spec, gflop_per_s), "gflop_per_s_from": source}
+    if not plan["fits"]:
+        _print_json(plan)
+        check_memory(spec)  # raises the SpecError that names the phase and the field
+    return plan
+
+
+def _reference_gflops() -> tuple[float | None, str | None]:
+    """``training.gflop_per_s`` of this system's bench reference, and the file it is from
+    (``(None, None)`` when this system has no reference: ``nnqs bench --save-reference``)."""
+    from analysis.bench.records import REFERENCE_DIR, load_reference
+    from analysis.bench.system import system_info
+
+    path = REFERENCE_DIR / f"{system_info()['name']}.json"
+    if not path.exists():
+        return None, None
+    entry = load_reference(path)["references"].get("training.gflop_per_s")
+    return (float(entry["value"]), str(path)) if entry else (None, None)
+
+
 def _cmd_status(args: argparse.Namespace) -> Any:
-    from jobs.sweep import SweepStore, store_spec, task_states
+    from jobs.spec import store_spec
+    from jobs.sweep import SweepStore, task_states
 
     store = SweepStore(args.store)
     status = task_states(store, verify=args.verify)
@@ -264,7 +296,8 @@ def _cmd_status(args: argparse.Namespace) -> Any:
 
 
 def _cmd_resubmit(args: argparse.Namespace) -> Any:
-    from jobs.sweep import SweepStore, store_spec, task_states
+    from jobs.spec import store_spec
+    from jobs.sweep import SweepStore, task_states
 
     store = SweepStore(args.store)
     spec = store_spec(store).with_executor(
@@ -276,7 +309,7 @@ def _cmd_resubmit(args: argparse.Namespace) -> Any:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> Any:
-    from analysis.aggregate import slurm_cluster
+    from jobs.aggregate import slurm_cluster
     from jobs.sweep import SweepStore, finalize
 
     store = SweepStore(args.store)
@@ -293,7 +326,7 @@ def _executor_options(parser: argparse.ArgumentParser) -> None:
         "--executor", choices=("local", "slurm", "mpi"), help="override the spec's executor.kind"
     )
     parser.add_argument("--processes", type=int, help="local: worker processes")
-    parser.add_argument("--profile", help="slurm: cluster profile name or path (slurm/profiles)")
+    parser.add_argument("--profile", help="slurm: cluster profile name or path (jobs/clusters)")
     parser.add_argument(
         "--tasks-per-job", type=int, default=1, help="slurm: tasks per array element"
     )
@@ -311,7 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_target_commands(commands)
+    _add_quick_study_commands(commands)
+    _add_sweep_commands(commands)
+    add_bench_parser(commands)
+    return parser
 
+
+def _add_target_commands(commands: Any) -> None:
+    """``target`` and ``demo``."""
     target = commands.add_parser(
         "target", help="build a quench target and print its summary as JSON"
     )
@@ -337,14 +378,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--width", type=int, default=1024)
     demo.add_argument("--depth", type=int, default=1)
     demo.set_defaults(run=_cmd_demo)
+
+
+def _add_quick_study_commands(commands: Any) -> None:
+    """``dynamics`` and ``entanglement``: one-off studies into a JSON file."""
     dynamics = commands.add_parser(
         "dynamics",
         help="training dynamics study (paper Figs. 2-3): finite ensembles vs infinite width",
     )
     dynamics.add_argument("--model", choices=sorted(TARGETS), default="tfim")
-    dynamics.add_argument(
-        "--kind", choices=("decoupled", "shared_trunk", "complex_output"), default="decoupled"
-    )
+    dynamics.add_argument("--kind", choices=KINDS, default="decoupled")
     dynamics.add_argument("--depth", type=int, default=1)
     dynamics.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
     dynamics.add_argument("--train-size", type=int, default=128, help="B of the loss curves")
@@ -379,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     entanglement.add_argument(
         "--architectures",
         nargs="+",
-        default=["cosnet", "gaussnet", "relu"],
-        choices=("cosnet", "gaussnet", "relu"),
+        default=list(ARCHITECTURES),
+        choices=ARCHITECTURES,
     )
     entanglement.add_argument("--cosnet-s0", type=float, default=10.0)
     entanglement.add_argument(
@@ -394,12 +437,28 @@ def build_parser() -> argparse.ArgumentParser:
     entanglement.add_argument("--out", default="runs/entanglement.json")
     entanglement.set_defaults(run=_cmd_entanglement)
 
+
+def _add_sweep_commands(commands: Any) -> None:
+    """``run``, ``validate``, ``status``, ``resubmit``, ``aggregate``, ``report``."""
     run = commands.add_parser("run", help="run a sweep spec into its Zarr store (resumes)")
     run.add_argument("spec", help="spec file, or the name of one in jobs/specs (quickstart)")
     run.add_argument("--store", help="store path (default runs/<sweep name>.zarr)")
     run.add_argument("--ranks", type=int, help="mpi: number of ranks to launch")
     _executor_options(run)
     run.set_defaults(run=_cmd_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a spec and print its grid, task count, memory and time per task (runs nothing)",
+    )
+    validate.add_argument("spec", help="spec name (jobs/specs) or path to a TOML file")
+    validate.add_argument(
+        "--gflops",
+        type=float,
+        help="training throughput for the time estimates (default: training.gflop_per_s of "
+        "this system's bench reference, if it has one)",
+    )
+    validate.set_defaults(run=_cmd_validate)
 
     status = commands.add_parser("status", help="pending/running/done/failed tasks of a store")
     status.add_argument("store")
@@ -432,9 +491,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default <store>.report)")
     report.set_defaults(run=_cmd_report)
 
-    add_bench_parser(commands)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -447,16 +503,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnqs: error: {error}", file=sys.stderr)
         return 2
     if result is not None:
-        json.dump(result, sys.stdout, indent=2, default=_json_default)
-        sys.stdout.write("\n")
+        _print_json(result)
     return 0
+
+
+def _print_json(result: Any) -> None:
+    json.dump(result, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 def _json_default(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     raise TypeError(f"not JSON serialisable: {value!r}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """GP Renyi-2 benchmark: the chunked Dask/Zarr route against the Hamming closed form.
 
-``python -m analysis.bench_entanglement`` prints (and with ``--out`` writes as JSON):
+``python -m analysis.bench.entanglement`` prints (and with ``--out`` writes as JSON):
 
 * route (c), :func:`suite.replica.hamming_renyi2`: seconds for every cut of 16 spins,
   and for 1000 spins (one cut, then all cuts ``N_A = 1 .. 500``), for every kernel
@@ -59,7 +59,7 @@ def relu_nngp() -> Callable[[Any], Any]:
 
 
 def kernel_families() -> dict[str, Callable[[Any], Any]]:
-    """One covariance map per kernel family of the suite (theory.md §4)."""
+    """One covariance map per kernel family of the suite (docs/theory.md §4)."""
     relu, erf = networks.mlp(2, WIDTH, "relu"), networks.mlp(1, WIDTH, "erf")
     cos, gauss = networks.cosnet(WIDTH, s0=2.0), networks.gaussnet(WIDTH, s0=1.0)
     nnqs = networks.decoupled(networks.mlp(1, WIDTH))
@@ -130,7 +130,7 @@ def run_child(
 ) -> dict[str, Any] | None:
     """Route (b) for ``n_sites`` in a fresh process; ``None`` if it ran past ``timeout``."""
     store = root / f"gram-{n_sites}"
-    command = [sys.executable, "-m", "analysis.bench_entanglement", "--child", str(n_sites)]
+    command = [sys.executable, "-m", "analysis.bench.entanglement", "--child", str(n_sites)]
     command += ["--block", str(block), "--store", str(store)]
     if workers is not None:
         command += ["--workers", str(workers)]

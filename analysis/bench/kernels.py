@@ -1,6 +1,6 @@
-"""Kernel throughput benchmark: our Gram path against neural-tangents (theory.md §4).
+"""Kernel throughput benchmark: our Gram path against neural-tangents (docs/theory.md §4).
 
-``python -m analysis.bench_kernels`` (or ``make bench-kernels``) times the infinite-width
+``python -m analysis.bench.kernels`` (or ``make bench-kernels``) times the infinite-width
 NTK of ``Dense(512) -> Relu -> Dense(1)`` (NTK parameterisation, ``sw=1``, ``sb=0``,
 float64) between all 65,536 spin configurations of 16 sites and 1,024 of them (the
 problem of ``tests/parity/nt_benchmark.py``, which documents the row choice):
@@ -42,7 +42,7 @@ from suite.kernels.gram import gram
 from suite.layers import Kernel
 from suite.networks import mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NT_SCRIPT = ROOT / "tests" / "parity" / "nt_benchmark.py"
 #: the problem of tests/parity/nt_benchmark.py (checked against its output)
 N_SITES, N_COLUMNS, ROW_SEED = 16, 1024, 0
@@ -158,6 +158,7 @@ def empirical_throughput(x1: np.ndarray, x2: np.ndarray, width: int) -> dict[str
     }
 
 
+# long: one report read top to bottom, each figure printed where it is measured
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Human-readable views of ``nnqs bench`` records (made by :mod:`analysis.bench`).
+"""Human-readable views of ``nnqs bench`` records (made by :mod:`analysis.bench.run`).
 
 * :func:`metrics_table` - the summary of a run: per metric its value, unit, which way is
   better, and the ratio and verdict against the reference and the previous record;
@@ -55,7 +55,7 @@ def _against(entry: Mapping[str, Any]) -> str:
 def metrics_table(
     metrics: Mapping[str, Mapping[str, Any]], errors: Mapping[str, str], title: str
 ) -> str:
-    """The summary of a run: ``metrics`` as :func:`analysis.bench.compare` returns them
+    """The summary of a run: ``metrics`` as :func:`analysis.bench.records.compare` returns them
     (``case.metric``: value, unit, better, and the ``reference`` and ``previous``
     judgements), then one line per failed case of ``errors``."""
     header = ["metric", "value", "unit", "better", "vs reference", "vs previous"]

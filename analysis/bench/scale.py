@@ -1,16 +1,16 @@
 """Figures of merit at scale: large ensembles, a full-basis Gram matrix, time-to-solution.
 
-Three measurements of ``nnqs bench`` (declared in :data:`analysis.bench.CASES`) sized
+Three measurements of ``nnqs bench`` (declared in :data:`analysis.bench.cases.CASES`) sized
 for a GPU node and runnable on any machine, and the peak rates they are judged against:
 
 * :func:`measure_training_scale` - member-steps/s of :func:`suite.training.train_ensemble`
   at ``M >= 4096`` members (decoupled one-hidden-layer ReLU NNQS, TFIM 3x3, B = 256) in
   float32 and float64, with achieved FLOP/s and its fraction of the device's peak for
-  that precision (theory.md §5 for the update; FLOPs as in :mod:`analysis.bench_training`);
+  that precision (docs/theory.md §5 for the update; FLOPs as in :mod:`analysis.bench.training`);
 * :func:`measure_gram_full_basis` - entries/s and written GB/s of the infinite-width NTK
   Gram matrix over a whole spin basis (``2**n_sites`` squared, float64, in row tiles
   into a reused device buffer), checked against the closed form summed over Hamming
-  distances (theory.md §4);
+  distances (docs/theory.md §4);
 * :func:`measure_time_to_solution` - seconds of a named sweep spec from an empty store to
   its aggregated results, in this process, with a deadline after which the remaining time
   is projected from the tasks done (and said to be a projection).
@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from analysis.bench_case import Measured
+from analysis.bench.cases import DTYPE_TAGS
+from analysis.bench.measures import Measured
 
 if TYPE_CHECKING:
     import jax
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 #: float32 relative matmul error above which the product was computed in TF32 (float32
 #: rounding gives ~1e-7, TF32's 10-bit mantissa ~1e-3 on unit-normal inputs)
 TF32_ERROR = 1e-4
-DTYPE_TAGS = {"float32": "f32", "float64": "f64"}
 
 
 @dataclass(frozen=True)
@@ -164,12 +164,13 @@ def measure_training_scale(params: Mapping[str, Any]) -> Measured:
     :func:`suite.training.train_ensemble` for each width of ``widths`` and dtype of
     ``dtypes`` (``members`` members, TFIM 3x3, B = 256, all visible devices): per step
     ``(t(steps) - t(1)) / (steps - 1)`` of whole calls, each the best of ``repeats``
-    (:func:`analysis.bench_training.per_step`)."""
+    (:func:`analysis.bench.training.per_step`)."""
     import jax
 
-    from analysis import bench_training as bt
+    from analysis.bench import training as bt
     from suite import networks as nw
     from suite.training import train_ensemble
+    from suite.training.engines import flops_per_member_step
 
     x, phi, train = bt.problem()
     precision = float32_matmul_precision()
@@ -177,7 +178,7 @@ def measure_training_scale(params: Mapping[str, Any]) -> Measured:
     values: dict[str, float] = {}
     for width in params["widths"]:
         nnqs = nw.decoupled(nw.mlp(1, width))
-        flops = bt.flops_per_member_step(bt.N_TRAIN, width, x.shape[1])
+        flops = flops_per_member_step(bt.N_TRAIN, width, x.shape[1])
         for dtype in params["dtypes"]:
 
             def run(steps: int, nnqs: nw.NNQS = nnqs, dtype: str = dtype) -> Any:

@@ -1,4 +1,4 @@
-"""The quantum-state kernels of a complex network ``psi = u + i v`` (theory.md §4).
+"""The quantum-state kernels of a complex network ``psi = u + i v`` (docs/theory.md §4).
 
 A :class:`PairKernel` holds the four real blocks ``K_ab(x, x')`` for
 ``a, b in {u, v}``. The same algebra serves two kernels:
@@ -42,7 +42,7 @@ class PairKernel(NamedTuple):
 
         For ``n1`` and ``n2`` points the result is ``(2 n1, 2 n2)``: rows and columns
         are ``[psi(x_1..n); conj psi(x_1..n)]`` as in the gradient-flow equation of
-        theory.md §4.
+        docs/theory.md §4.
         """
         hermitian, symmetric = self.hermitian(), self.symmetric()
         return jnp.block([[hermitian, symmetric], [jnp.conj(symmetric), jnp.conj(hermitian)]])

@@ -1,0 +1,97 @@
+"""The studies the suite knows, by name: a :class:`Study` holds everything about one.
+
+A study is one module (``jobs/studies/dynamics.py`` is the model) with one class that
+derives from :class:`Study`, and one registration line, ``register(MyStudy())``. The
+spec, the sweep engine, the executors, the aggregation and ``nnqs validate`` all reach
+a study through :func:`study` and nothing else, so adding one changes no other file.
+
+The built-in studies are imported on first lookup (:data:`BUILT_IN`); another module
+registers its own with :func:`register` when it is imported (a test does so).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # types only: the studies import the spec, which imports this module
+    from jobs.spec import SpecChecker, SweepSpec
+    from jobs.studies.base import Layout, Task, TaskCost
+    from suite.store import Region, SweepStore
+
+#: the modules of the built-in studies, imported (and so registered) on first lookup
+BUILT_IN = ("jobs.studies.dynamics", "jobs.studies.entanglement", "jobs.studies.kernels")
+
+
+class Study(ABC):
+    """One study: its spec, its grid, its store, its tasks, its aggregation, its costs.
+
+    Class attributes: ``name`` (the spec's ``sweep.study``), ``sections`` (the spec
+    sections it takes besides ``[sweep]`` and ``[executor]``), ``grid_keys`` (the keys
+    of its ``[grid]``, in the order of its axes) and ``lowered_by`` (per memory phase,
+    the spec field that lowers it, for the refusal message).
+    """
+
+    name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]]
+    grid_keys: ClassVar[tuple[str, ...]]
+    lowered_by: ClassVar[dict[str, str]]
+
+    def check(self, spec: SweepSpec, check: SpecChecker) -> None:  # noqa: B027 (optional)
+        """Cross-field rules beyond each field's own (raise ``check.error(...)``)."""
+
+    @abstractmethod
+    def axes(self, spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
+        """The grid's axes by name, in the order of the store's leading dimensions."""
+
+    @abstractmethod
+    def memory(self, spec: SweepSpec) -> dict[str, int]:
+        """Rough peak bytes of each phase: ``preparation``, ``shard`` and ``aggregation``."""
+
+    @abstractmethod
+    def layout(self, spec: SweepSpec) -> Layout:
+        """The store: its arrays, what is prepared when it is created, its attributes."""
+
+    @abstractmethod
+    def run(self, spec: SweepSpec, store: SweepStore, task: Task) -> list[tuple[str, Region]]:
+        """Compute one task, write it into its own chunks, and return the regions written."""
+
+    @abstractmethod
+    def aggregate(self, store: SweepStore, point: tuple[int, ...]) -> None:
+        """Combine the tasks of one grid point into the point's chunks of the aggregates."""
+
+    @abstractmethod
+    def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
+        """The task's dominant arithmetic, counted analytically (``nnqs validate``)."""
+
+
+_STUDIES: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    """Make ``study`` known by its name (a second study of the same name is refused)."""
+    held = _STUDIES.get(study.name)
+    if held is not None and type(held) is not type(study):
+        raise ValueError(f"a study named {study.name!r} is already registered ({held!r})")
+    _STUDIES[study.name] = study
+    return study
+
+
+def names() -> tuple[str, ...]:
+    """The names of every registered study (the built-in ones first)."""
+    _load_built_in()
+    return tuple(_STUDIES)
+
+
+def study(name: str) -> Study:
+    """The registered study ``name``; ``KeyError`` naming the known ones if there is none."""
+    _load_built_in()
+    if name not in _STUDIES:
+        raise KeyError(f"no study named {name!r} (known: {', '.join(_STUDIES)})")
+    return _STUDIES[name]
+
+
+def _load_built_in() -> None:
+    for module in BUILT_IN:
+        importlib.import_module(module)

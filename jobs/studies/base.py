@@ -1,0 +1,194 @@
+"""What every study shares: tasks and their grid, store layouts and the array
+declarations they are made of, task costs, and the memory check of a spec."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jobs.registry import study
+from jobs.spec import (
+    BASELINE_BYTES,
+    SpecError,
+    SweepSpec,
+    aggregation_threads,
+    available_memory_bytes,
+)
+from suite.kernels.blocked import store_gram
+from suite.store import ArraySpec, SweepStore
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: members ``[start, stop)`` of the ensemble at one grid point."""
+
+    id: int
+    point: tuple[int, ...]
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def members(self) -> np.ndarray:
+        return np.arange(self.start, self.stop)
+
+
+def grid_axes(spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
+    """The grid's axes (the study's), in the order of the store's leading dimensions."""
+    return study(spec.sweep.study).axes(spec)
+
+
+def expand(spec: SweepSpec) -> list[Task]:
+    """All tasks of ``spec``: grid points in C order, then shards (deterministic)."""
+    axes = grid_axes(spec)
+    members, size = spec.ensemble.members, spec.ensemble.shard_size
+    tasks = []
+    for point in itertools.product(*(range(len(values)) for values in axes.values())):
+        for shard in range(spec.ensemble.shards):
+            start = shard * size
+            tasks.append(Task(len(tasks), point, shard, start, min(start + size, members)))
+    return tasks
+
+
+def grid_value(spec: SweepSpec, task: Task) -> dict[str, Any]:
+    """The grid coordinates of ``task`` by axis name."""
+    return {
+        name: values[i]
+        for (name, values), i in zip(grid_axes(spec).items(), task.point, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a study's store holds: arrays, values written at creation, attributes."""
+
+    arrays: list[ArraySpec]
+    initial: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    #: Gram matrices to write in Dask tiles after the arrays exist: (array, prefix, fn, rows, cols)
+    grams: list[tuple[str, tuple[int, ...], Callable[[Any], Any], np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """The dominant arithmetic of one task, counted analytically (a rough estimate).
+
+    ``flop`` is the whole task, or ``None`` when its number of steps is only known once
+    the store is prepared (dynamics with ``training.max_steps = 0``: the steps come from
+    the infinite-width convergence); ``flop_per_step`` is one training step of all the
+    task's members (dynamics only).
+    """
+
+    flop: float | None
+    flop_per_step: float | None = None
+
+
+def grid_coordinates(spec: SweepSpec) -> tuple[list[ArraySpec], dict[str, np.ndarray]]:
+    """One coordinate array per grid axis, with its values."""
+    arrays, values = [], {}
+    for name, axis in grid_axes(spec).items():
+        array, data = coordinate_spec(name, axis)
+        arrays.append(array)
+        values[name] = data
+    return arrays, values
+
+
+def _fill(dtype: Any) -> Any:
+    if dtype is str:
+        return ""
+    kind = np.dtype(dtype).kind
+    return NAN if kind in "fc" else 0
+
+
+def array_spec(
+    name: str, dims: dict[str, int], chunks: Sequence[int], dtype: str = "<f8"
+) -> ArraySpec:
+    """A float64 (or ``dtype``) array of named ``dims`` in chunks of ``chunks``."""
+    return ArraySpec(name, tuple(dims), tuple(dims.values()), tuple(chunks), dtype, _fill(dtype))
+
+
+def coordinate_spec(name: str, values: Sequence[Any]) -> tuple[ArraySpec, np.ndarray]:
+    """A coordinate array of ``values`` (one chunk), and its data."""
+    data = np.asarray(values)
+    dtype = str if data.dtype.kind == "U" else data.dtype.str
+    return ArraySpec(name, (name,), data.shape, data.shape, dtype, _fill(dtype)), data
+
+
+def write_grams(group: Any, layout: Layout) -> None:
+    """The layout's Gram matrices, in Dask tiles, into their arrays of the Zarr ``group``."""
+    for name, prefix, fn, rows, columns in layout.grams:
+        store_gram(fn, rows, columns, group[name], prefix)
+
+
+def shard_total(store: SweepStore, name: str, at: tuple[slice, ...]) -> np.ndarray:
+    """Sum over the shards of a grid point's per-shard statistic (``at``: the point, then a
+    shard axis and two more), read a shard at a time: memory of two shards whatever their
+    number (the same additions in the same order as summing the stacked shards)."""
+
+    def shard(index: int) -> np.ndarray:
+        region = (*at, slice(index, index + 1), slice(None), slice(None))
+        return store.read(name, region)[(0,) * (len(at) + 1)]
+
+    total = shard(0)
+    for index in range(1, store.array(name).shape[len(at)]):
+        total += shard(index)
+    return total
+
+
+def forward_flop(points: int, width: int, in_dim: int, depth: int) -> float:
+    """One forward pass of a u and a v network of ``depth`` hidden layers on ``points``."""
+    return 2.0 * points * width * (2 * in_dim + 2 + 2 * (depth - 1) * width)
+
+
+def memory_estimates(spec: SweepSpec) -> dict[str, int]:
+    """Rough peak memory (bytes) of each phase: ``preparation``, ``shard``, ``aggregation``
+    (the study's :meth:`~jobs.registry.Study.memory`)."""
+    return study(spec.sweep.study).memory(spec)
+
+
+#: what each phase is called in a refusal
+PHASES = {
+    "preparation": "preparing the store",
+    "shard": "a shard",
+    "aggregation": "aggregating a grid point",
+}
+
+
+def check_memory(spec: SweepSpec, available: int | None = None) -> None:
+    """Refuse a sweep whose most demanding phase (creating the store, a shard, aggregating;
+    :func:`memory_estimates`) would not fit in ``available`` bytes (default: this host).
+
+    The message names that phase and the field that lowers it.
+    """
+    available = available_memory_bytes() if available is None else available
+    estimates = memory_estimates(spec)
+    name = max(estimates, key=estimates.__getitem__)
+    needed = estimates[name]
+    if needed <= available:
+        return
+    field_name = study(spec.sweep.study).lowered_by[name]
+    both = field_name == "ensemble.shard_size"
+    lower = f"{field_name} or grid.widths" if both else field_name
+    raise SpecError(
+        f"spec {spec.source}: {field_name}: {PHASES[name]} needs about "
+        f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
+        f"lower {lower}"
+    )
+
+
+def grid_point_count(spec: SweepSpec) -> int:
+    """Number of grid points of ``spec``'s study."""
+    return len(list(itertools.product(*grid_axes(spec).values())))
+
+
+def aggregation_bytes(spec: SweepSpec, per_point: int) -> int:
+    """Peak memory of aggregating: :func:`jobs.spec.aggregation_threads` grid points at once,
+    ``per_point`` bytes each, plus :data:`jobs.spec.BASELINE_BYTES`."""
+    threads = min(aggregation_threads(), grid_point_count(spec))
+    return BASELINE_BYTES + threads * per_point

@@ -1,0 +1,342 @@
+"""The training-dynamics study (paper Figs. 2-3; docs/theory.md §5).
+
+Grid ``train_size x lr_factor x width``. Preparing the store computes the target, the
+train sets, their infinite-width QS-NTK spectra, the learning rates (``lr_factor x
+eta_max``), the logged steps (a log grid up to the latest infinite-width convergence,
+capped by ``training.max_steps``) and the infinite-width loss curves (continuous time,
+exact discrete steps, and t = inf). A task trains ``shard_size`` members by full-batch
+GD (:func:`suite.training.train_ensemble`) and writes their losses and the shard's
+sufficient statistics at the logged steps; aggregating a grid point gives the ensemble
+mean and variance of ``psi`` and the four loss curves (:func:`suite.training.summarize`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from jobs.registry import Study, register
+from jobs.spec import (
+    BASELINE_BYTES,
+    PROGRAM_BYTES,
+    SpecChecker,
+    SweepSpec,
+    target_basis,
+    usable_cores,
+)
+from jobs.studies.base import (
+    NAN,
+    Layout,
+    Task,
+    TaskCost,
+    aggregation_bytes,
+    array_spec,
+    coordinate_spec,
+    forward_flop,
+    grid_coordinates,
+    grid_point_count,
+    grid_value,
+    shard_total,
+)
+from jobs.studies.problems import (
+    BLOCKS,
+    basis_and_target,
+    check_train_sizes,
+    dynamics_nnqs,
+    full_gram_arrays,
+    parameter_count,
+    preparation_bytes,
+    supervised_problem,
+    train_set_arrays,
+)
+from suite.dynamics import TrainSpectrum
+from suite.store import ArraySpec, Region, SweepStore
+from suite.supervised import CURVES, convergence_step, infinite_width_curve_sets, log_steps
+from suite.training import BLOCK_ELEMENTS, SUMS, EnsembleStats, summarize, train_ensemble
+from suite.training.engines import flops_per_member_step
+
+#: the dynamics aggregation's per-step curves (docs/theory.md §5; suite.training.EnsembleSummary)
+AGGREGATED_CURVES = (
+    "train_mean_of_losses",
+    "test_mean_of_losses",
+    "train_loss_of_mean",
+    "test_loss_of_mean",
+    "train_loss_of_mean_debiased",
+    "test_loss_of_mean_debiased",
+)
+
+
+class Dynamics(Study):
+    """Finite ensembles trained by gradient descent against their infinite-width limit."""
+
+    name = "dynamics"
+    sections = ("target", "network", "grid", "ensemble", "training", "kernels")
+    grid_keys = ("widths", "train_sizes", "lr_factors")
+    lowered_by: ClassVar[dict[str, str]] = {
+        "preparation": "grid.train_sizes",
+        "shard": "ensemble.shard_size",
+        "aggregation": "training.log_points",
+    }
+
+    def axes(self, spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
+        return {
+            "train_size": spec.grid.train_sizes,
+            "lr_factor": spec.grid.lr_factors,
+            "width": spec.grid.widths,
+        }
+
+    def check(self, spec: SweepSpec, check: SpecChecker) -> None:
+        check_train_sizes(spec, check)
+
+    def layout(self, spec: SweepSpec) -> Layout:
+        """Store of a dynamics sweep; prepares the infinite-width curves at the logged steps.
+
+        The logged steps are common to the grid: a log grid up to the latest
+        infinite-width convergence step of any (train size, learning rate), capped by
+        ``training.max_steps``.
+        """
+        inputs, phi = basis_and_target(spec)
+        schedule = _schedule(spec, inputs, phi)
+        continuous, discrete, at_infinity = _infinite_curves(spec, inputs, phi, schedule)
+        train_arrays, train_values, grams = train_set_arrays(
+            spec, inputs, schedule.trains, schedule.blocks
+        )
+        coords, initial = grid_coordinates(spec)
+        for name, values in (
+            ("step", schedule.steps),
+            ("curve", list(CURVES)),
+            ("block", list(BLOCKS)),
+            ("member", np.arange(spec.ensemble.members)),
+        ):
+            array, data = coordinate_spec(name, values)
+            coords.append(array)
+            initial[name] = data
+        initial.update(
+            train_values,
+            inputs=inputs,
+            phi=phi,
+            eta_max=schedule.eta_max,
+            learning_rate=schedule.rates,
+            convergence_step=schedule.converged,
+            infinite_continuous=continuous,
+            infinite_discrete=discrete,
+            infinite_t_inf=at_infinity,
+        )
+        full_arrays, full_grams = full_gram_arrays(spec, inputs)
+        per_task, aggregated = _arrays(spec, inputs.shape, len(schedule.steps))
+        arrays = coords + per_task + train_arrays + aggregated + full_arrays
+        return Layout(arrays, initial, {}, grams + full_grams)
+
+    def run(self, spec: SweepSpec, store: SweepStore, task: Task) -> list[tuple[str, Region]]:
+        """Train the task's members at its grid point; write losses and the shard's sums."""
+        t, r, w = task.point
+        train = np.flatnonzero(store.read("train_mask", (slice(t, t + 1), slice(None)))[0])
+        stats = train_ensemble(
+            dynamics_nnqs(spec, spec.grid.widths[w]),
+            store.read("inputs"),
+            store.read("phi"),
+            train,
+            seed=spec.sweep.seed,
+            members=task.members,
+            learning_rate=float(store.read("learning_rate")[t, r]),
+            log_steps=store.read("step"),
+            dtype=spec.sweep.dtype,
+        )
+        at = (slice(t, t + 1), slice(r, r + 1), slice(w, w + 1))
+        regions: list[tuple[str, Region]] = []
+        for name, values in (
+            ("member_train_loss", stats.train_loss),
+            ("member_test_loss", stats.test_loss),
+        ):
+            region = (*at, slice(task.start, task.stop), slice(None))
+            store.write(name, region, values.T[None, None, None])
+            regions.append((name, region))
+        for name in SUMS:
+            region = (*at, slice(task.shard, task.shard + 1), slice(None), slice(None))
+            store.write(name, region, getattr(stats, name)[None, None, None, None])
+            regions.append((name, region))
+        return regions
+
+    def aggregate(self, store: SweepStore, point: tuple[int, ...]) -> None:
+        t, r, w = point
+        at = (slice(t, t + 1), slice(r, r + 1), slice(w, w + 1))
+        losses = {
+            name: store.read(f"member_{name}", (*at, slice(None), slice(None)))[0, 0, 0].T
+            for name in ("train_loss", "test_loss")
+        }
+        sums = {name: shard_total(store, name, at) for name in SUMS}
+        steps = store.read("step")
+        stats = EnsembleStats(np.arange(losses["train_loss"].shape[1]), steps, **losses, **sums)
+        train = np.flatnonzero(store.read("train_mask")[t])
+        summary = summarize(stats, store.read("phi"), train)
+        whole = (slice(None), slice(None))
+        store.write("ensemble_mean", (*at, *whole), summary.mean[None, None, None])
+        store.write("ensemble_variance", (*at, *whole), summary.variance[None, None, None])
+        for name in AGGREGATED_CURVES:
+            store.write(name, (*at, slice(None)), getattr(summary, name)[None, None, None])
+
+    def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
+        """GD steps (:func:`suite.training.engines.flops_per_member_step`, and ``12 B n^2``
+        per step and member for each further hidden layer) and the evaluations on the basis
+        at the logged steps."""
+        grid = grid_value(spec, task)
+        basis = target_basis(spec)
+        width, train, depth = grid["width"], grid["train_size"], spec.network.depth
+        members = task.stop - task.start
+        member_step = flops_per_member_step(train, width, basis.n_sites)
+        member_step += 12.0 * train * width * width * (depth - 1)
+        per_step = members * member_step
+        logs = spec.training.log_points + 1
+        evaluations = members * logs * forward_flop(basis.dimension, width, basis.n_sites, depth)
+        steps = spec.training.max_steps
+        return TaskCost(per_step * steps + evaluations if steps else None, per_step)
+
+    def memory(self, spec: SweepSpec) -> dict[str, int]:
+        """Preparation: :func:`jobs.studies.problems.preparation_bytes`. A shard (the
+        engine of ``suite.training``): the members' parameters three times (state,
+        gradients, update) in the training dtype; per lane (two per core) the block
+        intermediates the engine bounds by ``suite.training.BLOCK_ELEMENTS`` elements
+        (per hidden layer: pre-activations, ``act'(z) r``, ``act(z)``); the per-block sums
+        of one evaluation and the shard's sums ``5 x steps x D`` (float64: on device, on
+        the host, encoded); the basis inputs; the compiled programs of the grid points a
+        process may run in turn (``PROGRAM_BYTES`` each). Aggregating a point: its shards'
+        sums accumulated one shard at a time, with the estimators of
+        ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays."""
+        width, members = max(spec.grid.widths), spec.ensemble.shard_size
+        itemsize = 4 if spec.sweep.dtype == "float32" else 8
+        basis = target_basis(spec)
+        dimension, depth = basis.dimension, spec.network.depth
+        train = max(spec.grid.train_sizes)
+        per_unit = 2 * width  # the engine's block arithmetic (suite.training.layout)
+        chunk = max(1, min(train, BLOCK_ELEMENTS // per_unit))
+        blocks = -(-members // max(1, BLOCK_ELEMENTS // (per_unit * chunk)))
+        intermediates = 3 * depth * 2 * usable_cores() * BLOCK_ELEMENTS * itemsize
+        steps = spec.training.log_points + 1
+        sums = 8 * 5 * dimension * (blocks + 3 * steps)
+        inputs = 32 * dimension * (basis.n_sites + 2)
+        programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
+        parameters = 3 * itemsize * members * parameter_count(spec, width)
+        shard = BASELINE_BYTES + programs + parameters + intermediates + sums + inputs
+        point = 25 * 8 * steps * dimension + 2 * 2 * 8 * spec.ensemble.members * steps
+        return {
+            "preparation": preparation_bytes(spec),
+            "shard": shard,
+            "aggregation": aggregation_bytes(spec, point),
+        }
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The first pass over the train sets: learning rates, convergence steps, logged
+    steps, and what the second pass and the train-set arrays reuse."""
+
+    eta_max: np.ndarray
+    rates: np.ndarray
+    converged: np.ndarray
+    steps: np.ndarray
+    trains: list[np.ndarray]
+    blocks: list[np.ndarray]
+    spectra: list[TrainSpectrum]
+
+
+def _schedule(spec: SweepSpec, inputs: np.ndarray, phi: np.ndarray) -> _Schedule:
+    """Per train size (one problem held at a time): ``eta_max``, the learning rates and
+    their infinite-width convergence steps, which fix the logged steps."""
+    factors = np.asarray(spec.grid.lr_factors)
+    eta_max, converged, trains, blocks, spectra = [], [], [], [], []
+    for t in range(len(spec.grid.train_sizes)):
+        problem = supervised_problem(spec, inputs, phi, t)
+        spectra.append(problem.spectrum)
+        eta_max.append(problem.eta_max)
+        rate = eta_max[-1] * factors
+        converged.append([convergence_step(problem, r, spec.training.tolerance) for r in rate])
+        trains.append(problem.train)
+        blocks.append(problem.train_ntk_block)
+        del problem
+    eta, steps_to_converge = np.array(eta_max), np.array(converged)
+    last = int(steps_to_converge.max())
+    if spec.training.max_steps:
+        last = min(last, spec.training.max_steps)
+    steps = log_steps(last, spec.training.log_points)
+    rates = eta[:, None] * factors[None, :]
+    return _Schedule(eta, rates, steps_to_converge, steps, trains, blocks, spectra)
+
+
+def _infinite_curves(
+    spec: SweepSpec, inputs: np.ndarray, phi: np.ndarray, schedule: _Schedule
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The second pass: per train size, one pass over the basis for the infinite-width
+    curves of every learning rate (continuous time and discrete steps at the logged
+    steps, and t = inf)."""
+    n_t, n_r, n_l = *schedule.rates.shape, len(schedule.steps)
+    continuous = np.full((n_t, n_r, len(CURVES), n_l), NAN)
+    discrete = np.full_like(continuous, NAN)
+    at_infinity = np.full((n_t, n_r, len(CURVES)), NAN)
+    infinity = np.asarray([np.inf])
+    for t in range(n_t):
+        problem = supervised_problem(spec, inputs, phi, t, schedule.spectra[t])
+        modes = ((schedule.steps, False), (schedule.steps, True), (infinity, False))
+        rates = schedule.rates[t]
+        schedules = [(rate, times, mode) for rate in rates for times, mode in modes]
+        curves = iter(infinite_width_curve_sets(problem, schedules))
+        del problem
+        for r in range(n_r):
+            for out in (continuous, discrete):
+                values = next(curves)
+                out[t, r] = [getattr(values, name) for name in CURVES]
+            limit = next(curves)
+            at_infinity[t, r] = [getattr(limit, name)[0] for name in CURVES]
+    return continuous, discrete, at_infinity
+
+
+def _arrays(
+    spec: SweepSpec, basis_shape: tuple[int, int], n_l: int
+) -> tuple[list[ArraySpec], list[ArraySpec]]:
+    """The store's arrays besides coordinates and Grams: per task (member losses, shard
+    sums) and prepared (inputs, target, rates, infinite-width curves); aggregated."""
+    dimension, n_sites = basis_shape
+    n_t, n_r, n_w = len(spec.grid.train_sizes), len(spec.grid.lr_factors), len(spec.grid.widths)
+    n_s, n_m, size = spec.ensemble.shards, spec.ensemble.members, spec.ensemble.shard_size
+    shape = {"train_size": n_t, "lr_factor": n_r, "width": n_w}
+    point = (1, 1, 1)
+    rates = {"train_size": n_t, "lr_factor": n_r}
+    finite = [
+        array_spec(name, {**shape, "member": n_m, "step": n_l}, (*point, size, n_l))
+        for name in ("member_train_loss", "member_test_loss")
+    ] + [
+        array_spec(
+            name,
+            {**shape, "shard": n_s, "step": n_l, "basis": dimension},
+            (*point, 1, n_l, dimension),
+        )
+        for name in SUMS
+    ]
+    prepared = (
+        [
+            array_spec("inputs", {"basis": dimension, "site": n_sites}, (dimension, n_sites)),
+            array_spec("phi", {"basis": dimension}, (dimension,), "<c16"),
+            array_spec("eta_max", {"train_size": n_t}, (n_t,)),
+            array_spec("learning_rate", rates, (n_t, n_r)),
+            array_spec("convergence_step", rates, (n_t, n_r), "<i8"),
+        ]
+        + [
+            array_spec(
+                f"infinite_{name}",
+                {**rates, "curve": len(CURVES), "step": n_l},
+                (n_t, n_r, len(CURVES), n_l),
+            )
+            for name in ("continuous", "discrete")
+        ]
+        + [array_spec("infinite_t_inf", {**rates, "curve": len(CURVES)}, (n_t, n_r, len(CURVES)))]
+    )
+    per_step = {**shape, "step": n_l, "basis": dimension}
+    aggregated = [
+        array_spec("ensemble_mean", per_step, (*point, n_l, dimension), "<c16"),
+        array_spec("ensemble_variance", per_step, (*point, n_l, dimension)),
+    ] + [array_spec(name, {**shape, "step": n_l}, (*point, n_l)) for name in AGGREGATED_CURVES]
+    return finite + prepared, aggregated
+
+
+register(Dynamics())

@@ -1,0 +1,113 @@
+"""Argument checks of :func:`suite.training.train_ensemble`: each names the argument and
+what was expected, before any work starts."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+from suite.networks import NNQS
+
+#: compute dtypes of a run (losses and sums are float64 either way)
+DTYPES = ("float32", "float64")
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_train_index(train_index: Any, dim: int) -> np.ndarray:
+    index = np.asarray(train_index)
+    if index.ndim != 1 or index.size == 0:
+        raise ValueError(f"train_index must be a non-empty 1-d array, got shape {index.shape}")
+    if not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"train_index must hold integers, got dtype {index.dtype}")
+    if index.min() < 0 or index.max() >= dim:
+        raise ValueError(
+            f"train_index out of range [0, {dim}): min {index.min()}, max {index.max()}"
+        )
+    if np.unique(index).size != index.size:
+        raise ValueError("train_index has duplicate entries")
+    return index.astype(np.int64)
+
+
+def validate_arguments(
+    nnqs: Any,
+    inputs: Any,
+    target: Any,
+    train_index: Any,
+    seed: Any,
+    members: Any,
+    learning_rate: Any,
+    log_steps: Any,
+    dtype: Any,
+    devices: Any,
+    method: Any,
+    block: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The arguments of :func:`suite.training.train_ensemble`, checked and normalised:
+    ``(inputs float64, target complex128, train index, member ids, log steps, devices)``.
+    Each failure is a ``ValueError`` naming the argument and what was expected."""
+    # over 60 lines: one check per argument, in the order of the signature
+    if not isinstance(nnqs, NNQS):
+        raise ValueError(f"nnqs must be a suite.networks.NNQS, got {type(nnqs).__name__}")
+    x = np.asarray(inputs)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"inputs must be a non-empty 2-d array (D, d), got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.number) and not np.iscomplexobj(x)):
+        raise ValueError(f"inputs must be real numbers, got dtype {x.dtype}")
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("inputs has non-finite entries")
+    phi = np.asarray(target)
+    if phi.shape != (x.shape[0],):
+        raise ValueError(f"target must have shape ({x.shape[0]},), got {phi.shape}")
+    if not np.issubdtype(phi.dtype, np.number) or not np.all(np.isfinite(phi)):
+        raise ValueError("target must hold finite numbers")
+    phi = phi.astype(np.complex128)
+    train = check_train_index(train_index, x.shape[0])
+    if not is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    ids = np.asarray(members)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"members must be a non-empty 1-d sequence, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= 2**32:
+        raise ValueError("members must be integers in [0, 2^32)")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("members must be distinct")
+    if not (
+        isinstance(learning_rate, numbers.Real)
+        and not isinstance(learning_rate, bool)
+        and math.isfinite(learning_rate)
+        and learning_rate > 0
+    ):
+        raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
+    steps = np.asarray(log_steps)
+    if steps.ndim != 1 or steps.size == 0 or not np.issubdtype(steps.dtype, np.integer):
+        raise ValueError(
+            f"log_steps must be a non-empty 1-d sequence of integers, got {log_steps!r}"
+        )
+    if steps.min() < 0:
+        raise ValueError(f"log_steps must be non-negative, got {steps.tolist()}")
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError(f"log_steps must be strictly ascending, got {steps.tolist()}")
+    if steps.max() >= 2**31:
+        raise ValueError("log_steps must be below 2^31")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    available = len(jax.local_devices())
+    if devices is None:
+        n_devices = available
+    elif not is_int(devices) or not 1 <= devices <= available:
+        raise ValueError(f"devices must be an integer in [1, {available}], got {devices!r}")
+    else:
+        n_devices = int(devices)
+    if method not in ("auto", "fast", "autodiff"):
+        raise ValueError(f"method must be 'auto', 'fast' or 'autodiff', got {method!r}")
+    if block is not None and not (is_int(block) and block >= 1):
+        raise ValueError(f"block must be a positive integer or None, got {block!r}")
+    return x, phi, train, ids.astype(np.int64), steps.astype(np.int64), n_devices
