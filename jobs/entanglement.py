@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jax
 import numpy as np
@@ -42,9 +42,8 @@ from suite.entanglement import (
     page_entropy,
 )
 from suite.layers import Kernel
-from suite.replica import hamming_renyi2
 
-ARCHITECTURES = ("cosnet", "gaussnet", "relu")
+ARCHITECTURES = get_args(networks.Architecture)
 #: 2**14 amplitudes per member: the largest system the issue asks for
 MAX_SITES = 14
 
@@ -136,6 +135,7 @@ def gp_renyi2(nnqs: networks.NNQS, n_sites: int, cuts: list[int]) -> list[float]
     Covariance ``G = infinite(k)[0].hermitian()`` and pseudo-covariance ``.symmetric()``
     of its NNGP (zero for identical decoupled parts: a circular GP), Hamming closed form.
     """
+    from suite.replica import hamming_renyi2  # Dask: only when a store is created
 
     def covariance(k: Kernel) -> jax.Array:
         return nnqs.infinite(k)[0].hermitian()

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, get_args
 
 from jobs import registry
-from jobs.entanglement import ARCHITECTURES
 from jobs.profiles import check_overrides
 from suite import networks, supervised, targets, training
 from suite.store import SweepStore
@@ -45,6 +44,7 @@ DTYPES = training.DTYPES
 KINDS = get_args(networks.NNQSKind)
 ACTIVATIONS = get_args(networks.Activation)
 TARGET_SCALES = get_args(supervised.TargetScale)
+ARCHITECTURES = get_args(networks.Architecture)
 EXECUTORS = ("local", "slurm", "mpi")
 #: the shipped example specs, by name (``nnqs run quickstart``)
 SPEC_DIR = Path(__file__).resolve().parent / "specs"

@@ -25,7 +25,6 @@ from typing import Any
 
 import jax
 
-from jobs.aggregate import aggregate
 from jobs.registry import study
 from jobs.spec import SweepSpec, store_spec
 from jobs.studies import check_memory, expand, write_grams
@@ -189,6 +188,8 @@ def _slurm_jobs() -> set[str] | None:
 
 def finalize(store: SweepStore, scheduler: str | None = None, progress: bool = True) -> None:
     """Aggregate the ensembles with Dask into the store and consolidate its metadata."""
+    from jobs.aggregate import aggregate  # here: a task process never loads Dask
+
     aggregate(store.path, scheduler=scheduler, progress=progress)
     store.update_attrs(finalized_unix=round(time.time(), 3))
     store.consolidate()

@@ -122,6 +122,8 @@ def gaussnet(
 
 
 NNQSKind = Literal["decoupled", "shared_trunk", "complex_output"]
+#: the one-part architectures of the entanglement study (docs/theory.md §3, §6)
+Architecture = Literal["cosnet", "gaussnet", "relu"]
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ memory estimate of a spec covers every phase that runs it.
 
 * store preparation holds one supervised problem (its ``O(D B)`` kernels) at a time;
 * preparing a TFIM 4x4 dynamics sweep (D = 65,536) allocates no ``D x D`` array;
-* the estimates of ``jobs.spec`` cover the measured peak of preparing a store and of
+* the estimates of ``jobs.studies`` cover the measured peak of preparing a store and of
   running a shard (a subprocess each, its own peak resident set size).
 """
 

@@ -18,7 +18,6 @@ from jobs.spec import (
     aggregation_threads,
     available_memory_bytes,
 )
-from suite.kernels.blocked import store_gram
 from suite.store import ArraySpec, SweepStore
 
 NAN = float("nan")
@@ -122,6 +121,8 @@ def coordinate_spec(name: str, values: Sequence[Any]) -> tuple[ArraySpec, np.nda
 
 def write_grams(group: Any, layout: Layout) -> None:
     """The layout's Gram matrices, in Dask tiles, into their arrays of the Zarr ``group``."""
+    from suite.kernels.blocked import store_gram  # Dask: only when a store is created
+
     for name, prefix, fn, rows, columns in layout.grams:
         store_gram(fn, rows, columns, group[name], prefix)
 
