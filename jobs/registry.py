@@ -13,15 +13,59 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-if TYPE_CHECKING:  # types only: the studies import the spec, which imports this module
+import numpy as np
+
+from suite.store import ArraySpec, Region, SweepStore
+
+if TYPE_CHECKING:  # types only: the spec imports this module
     from jobs.spec import SpecChecker, SweepSpec
-    from jobs.studies.base import Layout, Task, TaskCost
-    from suite.store import Region, SweepStore
 
 #: the modules of the built-in studies, imported (and so registered) on first lookup
 BUILT_IN = ("jobs.studies.dynamics", "jobs.studies.entanglement", "jobs.studies.kernels")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: members ``[start, stop)`` of the ensemble at one grid point."""
+
+    id: int
+    point: tuple[int, ...]
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def members(self) -> np.ndarray:
+        return np.arange(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a study's store holds: arrays, values written at creation, attributes."""
+
+    arrays: list[ArraySpec]
+    initial: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    #: Gram matrices to write in Dask tiles after the arrays exist: (array, prefix, fn, rows, cols)
+    grams: list[tuple[str, tuple[int, ...], Callable[[Any], Any], np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """The dominant arithmetic of one task, counted analytically (a rough estimate).
+
+    ``flop`` is the whole task, or ``None`` when its number of steps is only known once
+    the store is prepared (dynamics with ``training.max_steps = 0``: the steps come from
+    the infinite-width convergence); ``flop_per_step`` is one training step of all the
+    task's members (dynamics only).
+    """
+
+    flop: float | None
+    flop_per_step: float | None = None
 
 
 class Study(ABC):

@@ -12,12 +12,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from jobs.registry import Study, register, study
+from jobs.registry import Layout, Study, Task, TaskCost, register, study
 from jobs.spec import BASELINE_BYTES, SweepSpec, parse_spec
 from jobs.studies.base import (
-    Layout,
-    Task,
-    TaskCost,
     aggregation_bytes,
     array_spec,
     coordinate_spec,

@@ -16,11 +16,9 @@ a worker needs nothing but the store's path and its task number.
 A new study is a module like these plus its line in :data:`jobs.registry.BUILT_IN`.
 """
 
+from jobs.registry import Layout, Task, TaskCost
 from jobs.studies import dynamics, entanglement, kernels
 from jobs.studies.base import (
-    Layout,
-    Task,
-    TaskCost,
     check_memory,
     expand,
     grid_axes,

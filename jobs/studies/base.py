@@ -4,13 +4,13 @@ declarations they are made of, task costs, and the memory check of a spec."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from jobs.registry import study
+from jobs.registry import Layout, Task, study
 from jobs.spec import (
     BASELINE_BYTES,
     SpecError,
@@ -21,21 +21,6 @@ from jobs.spec import (
 from suite.store import ArraySpec, SweepStore
 
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class Task:
-    """One unit of work: members ``[start, stop)`` of the ensemble at one grid point."""
-
-    id: int
-    point: tuple[int, ...]
-    shard: int
-    start: int
-    stop: int
-
-    @property
-    def members(self) -> np.ndarray:
-        return np.arange(self.start, self.stop)
 
 
 def grid_axes(spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
@@ -61,31 +46,6 @@ def grid_value(spec: SweepSpec, task: Task) -> dict[str, Any]:
         name: values[i]
         for (name, values), i in zip(grid_axes(spec).items(), task.point, strict=True)
     }
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What a study's store holds: arrays, values written at creation, attributes."""
-
-    arrays: list[ArraySpec]
-    initial: dict[str, np.ndarray]
-    attrs: dict[str, Any]
-    #: Gram matrices to write in Dask tiles after the arrays exist: (array, prefix, fn, rows, cols)
-    grams: list[tuple[str, tuple[int, ...], Callable[[Any], Any], np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class TaskCost:
-    """The dominant arithmetic of one task, counted analytically (a rough estimate).
-
-    ``flop`` is the whole task, or ``None`` when its number of steps is only known once
-    the store is prepared (dynamics with ``training.max_steps = 0``: the steps come from
-    the infinite-width convergence); ``flop_per_step`` is one training step of all the
-    task's members (dynamics only).
-    """
-
-    flop: float | None
-    flop_per_step: float | None = None
 
 
 def grid_coordinates(spec: SweepSpec) -> tuple[list[ArraySpec], dict[str, np.ndarray]]:
@@ -185,7 +145,7 @@ def check_memory(spec: SweepSpec, available: int | None = None) -> None:
 
 def grid_point_count(spec: SweepSpec) -> int:
     """Number of grid points of ``spec``'s study."""
-    return len(list(itertools.product(*grid_axes(spec).values())))
+    return math.prod(len(values) for values in grid_axes(spec).values())
 
 
 def aggregation_bytes(spec: SweepSpec, per_point: int) -> int:

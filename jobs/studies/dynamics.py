@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from jobs.registry import Study, register
+from jobs.registry import Layout, Study, Task, TaskCost, register
 from jobs.spec import (
     BASELINE_BYTES,
     PROGRAM_BYTES,
@@ -28,9 +28,6 @@ from jobs.spec import (
 )
 from jobs.studies.base import (
     NAN,
-    Layout,
-    Task,
-    TaskCost,
     aggregation_bytes,
     array_spec,
     coordinate_spec,

@@ -16,12 +16,9 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from jobs.registry import Study, register
+from jobs.registry import Layout, Study, Task, TaskCost, register
 from jobs.spec import BASELINE_BYTES, SpecChecker, SweepSpec
 from jobs.studies.base import (
-    Layout,
-    Task,
-    TaskCost,
     aggregation_bytes,
     array_spec,
     coordinate_spec,
