@@ -2,7 +2,8 @@
 
 * Fig. 1 (:func:`entanglement_figure`): mean ``S_vN`` of finite-width ensembles
   against subsystem size, with the GP Renyi-2 estimate, the Page value and the
-  Haar Renyi-2 value (docs/theory.md §6);
+  Haar Renyi-2 value (docs/theory.md §6), and :func:`crossover_figure`: the same at
+  the half cut against CosNet's ``s0``;
 * Fig. 2 (:func:`loss_curves_figure`): train and test mean-of-losses of finite
   ensembles at the logged steps against the infinite-width prediction in exact
   discrete steps and in continuous time (docs/theory.md §5);
@@ -25,6 +26,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import xarray as xr
 from matplotlib.figure import Figure
 
 from suite.store import SweepStore
@@ -153,28 +155,43 @@ def deviation_figure(widths: list[int], largest: np.ndarray) -> Figure:
     return figure
 
 
-def entanglement_figure(store: SweepStore) -> Figure:
-    """Fig. 1: entanglement against subsystem size, per architecture.
+def entanglement_panels(data: xr.Dataset) -> list[dict[str, Any]]:
+    """The (architecture, cosnet_s0) points of an entanglement store, by coordinate: one per
+    architecture, and one per ``s0`` for CosNet (the other networks do not depend on it)."""
+    return [
+        {"architecture": name, "cosnet_s0": s0}
+        for name in data["architecture"].values.tolist()
+        for s0 in (
+            data["cosnet_s0"].values.tolist() if name == "cosnet" else [data["cosnet_s0"][0].item()]
+        )
+    ]
+
+
+def panel_title(panel: Mapping[str, Any]) -> str:
+    name = panel["architecture"]
+    return f"{name} (s0 = {panel['cosnet_s0']:g})" if name == "cosnet" else name
+
+
+def entanglement_figure(data: xr.Dataset) -> Figure:
+    """Fig. 1: entanglement against subsystem size, per architecture (and CosNet ``s0``).
 
     Per width: the mean per-member ``S_vN`` (dots, standard errors) and the replica
     ratio ``-ln(mean Tr rho~_A^2 / mean (Tr rho~)^2)`` (crosses), the finite-width
     quantity the GP estimate (squares) predicts.
     """
-    architectures = store.read("architecture").tolist()
-    cuts = store.read("cut")
+    panels = entanglement_panels(data)
+    cuts = data["cut"].values
     figure, axes = plt.subplots(
-        1,
-        len(architectures),
-        figsize=(4.5 * len(architectures), 4),
-        squeeze=False,
-        layout="constrained",
+        1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False, layout="constrained"
     )
-    for a, (axis, name) in enumerate(zip(axes[0], architectures, strict=True)):
-        for w, width in enumerate(_widths(store)):
+    for axis, panel in zip(axes[0], panels, strict=True):
+        at = data.sel(panel)
+        for width in data["width"].values.tolist():
+            point = at.sel(width=width)
             axis.errorbar(
                 cuts,
-                store.read("mean_von_neumann")[a, w],
-                yerr=store.read("sem_von_neumann")[a, w],
+                point["mean_von_neumann"].values,
+                yerr=point["sem_von_neumann"].values,
                 fmt="o",
                 ms=4,
                 capsize=2,
@@ -182,18 +199,52 @@ def entanglement_figure(store: SweepStore) -> Figure:
             )
             axis.plot(
                 cuts,
-                store.read("ratio_renyi2")[a, w],
+                point["ratio_renyi2"].values,
                 "x",
                 color=axis.lines[-1].get_color(),
                 label=f"S_2 replica ratio, width {width}",
             )
-        axis.plot(cuts, store.read("gp_renyi2")[a], "s--", label="S_2, GP estimate")
-        axis.plot(cuts, store.read("page"), "k-", label="Page")
-        axis.plot(cuts, store.read("haar_renyi2"), "k:", label="Haar S_2")
+        axis.plot(cuts, at["gp_renyi2"].values, "s--", label="S_2, GP estimate")
+        axis.plot(cuts, data["page"].values, "k-", label="Page")
+        axis.plot(cuts, data["haar_renyi2"].values, "k:", label="Haar S_2")
         axis.set_xlabel("subsystem size N_A")
         axis.set_ylabel("entropy (nats)")
-        axis.set_title(name)
+        axis.set_title(panel_title(panel))
     axes[0, 0].legend(fontsize=8)
+    return figure
+
+
+def crossover_figure(data: xr.Dataset) -> Figure:
+    """The CosNet crossover: entropies at the half cut against ``s0`` (log axis), per
+    width, with the GP estimate and the Page and Haar Renyi-2 values (docs/theory.md §6)."""
+    half = data.sel(architecture="cosnet", cut=data["cut"].values.max())
+    s0 = data["cosnet_s0"].values
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    for width in data["width"].values.tolist():
+        point = half.sel(width=width)
+        axis.errorbar(
+            s0,
+            point["mean_von_neumann"].values,
+            yerr=point["sem_von_neumann"].values,
+            fmt="o-",
+            ms=4,
+            capsize=2,
+            label=f"S_vN, width {width}",
+        )
+        axis.plot(
+            s0,
+            point["ratio_renyi2"].values,
+            "x",
+            color=axis.lines[-1].get_color(),
+            label=f"S_2 replica ratio, width {width}",
+        )
+    axis.plot(s0, half["gp_renyi2"].values, "s--", label="S_2, GP estimate")
+    axis.axhline(float(half["page"]), color="k", label="Page")
+    axis.axhline(float(half["haar_renyi2"]), color="k", ls=":", label="Haar S_2")
+    axis.set_xscale("log")
+    axis.set_xlabel("CosNet s0")
+    axis.set_ylabel(f"entropy at N_A = {int(half['cut'])} (nats)")
+    axis.legend(fontsize=8)
     return figure
 
 

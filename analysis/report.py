@@ -91,20 +91,50 @@ def _dynamics(store: SweepStore, out: Path) -> list[str]:
 
 
 def _entanglement(store: SweepStore, out: Path) -> list[str]:
+    """Fig. 1 and, per (architecture, s0), the gaps to Page and to the GP estimate per cut;
+    for a scan of CosNet's ``s0``, the crossover figure and table at the half cut."""
+    import xarray as xr
+
+    data = xr.open_zarr(store.path)
     lines = ["## Entanglement against subsystem size (Fig. 1)", ""]
-    lines += _image(figures.save(figures.entanglement_figure(store), out, "fig1"), out, "Fig. 1")
-    cuts = store.read("cut").tolist()
-    page = store.read("page")
-    for a, name in enumerate(store.read("architecture").tolist()):
-        gp = store.read("gp_renyi2")[a]
-        rows = []
-        for w, width in enumerate(store.read("width").tolist()):
-            page_gap = store.read("mean_von_neumann")[a, w] / page - 1
-            gp_gap = store.read("ratio_renyi2")[a, w] - gp
-            rows.append([width, *page_gap.tolist(), *gp_gap.tolist()])
-        header = ["width", *(f"S_vN/Page-1, N_A={c}" for c in cuts)]
-        header += [f"S_2-GP, N_A={c}" for c in cuts]
-        lines += [f"### {name}", "", *markdown_table(header, rows), ""]
+    lines += _image(figures.save(figures.entanglement_figure(data), out, "fig1"), out, "Fig. 1")
+    cuts = data["cut"].values.tolist()
+    header = ["width", *(f"S_vN/Page-1, N_A={c}" for c in cuts)]
+    header += [f"S_2-GP, N_A={c}" for c in cuts]
+    for panel in figures.entanglement_panels(data):
+        at = data.sel(panel)
+        page_gap = at["mean_von_neumann"] / data["page"] - 1
+        gp_gap = at["ratio_renyi2"] - at["gp_renyi2"]
+        rows = [
+            [
+                width,
+                *page_gap.sel(width=width).values.tolist(),
+                *gp_gap.sel(width=width).values.tolist(),
+            ]
+            for width in data["width"].values.tolist()
+        ]
+        lines += [f"### {figures.panel_title(panel)}", "", *markdown_table(header, rows), ""]
+    if data.sizes["cosnet_s0"] > 1:
+        half = data.sel(architecture="cosnet", cut=max(cuts))
+        widths = data["width"].values.tolist()
+        lines += [f"## CosNet crossover at N_A = {max(cuts)}", ""]
+        lines += _image(
+            figures.save(figures.crossover_figure(data), out, "crossover"), out, "Crossover"
+        )
+        rows = [
+            [
+                s0,
+                *(float(half["mean_von_neumann"].sel(width=w, cosnet_s0=s0)) for w in widths),
+                *(float(half["ratio_renyi2"].sel(width=w, cosnet_s0=s0)) for w in widths),
+                float(half["gp_renyi2"].sel(cosnet_s0=s0)),
+            ]
+            for s0 in data["cosnet_s0"].values.tolist()
+        ]
+        header = ["s0", *(f"S_vN, width {w}" for w in widths)]
+        header += [*(f"S_2 ratio, width {w}" for w in widths), "S_2 GP"]
+        lines += markdown_table(header, rows)
+        page, haar = float(half["page"]), float(half["haar_renyi2"])
+        lines += ["", f"Page {page:.4f}, Haar S_2 {haar:.4f}.", ""]
     return lines
 
 

@@ -7,10 +7,10 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
     [target]       model ("tfim" | "hubbard") and its parameters (suite.targets)
     [network]      kind, activation, depth              (dynamics, kernels)
     [grid]         widths, train_sizes, lr_factors      (dynamics, kernels)
-                   widths, architectures                (entanglement)
+                   widths, architectures, cosnet_s0     (entanglement)
     [ensemble]     members, shard_size
     [training]     log_points, max_steps, tolerance, target_scale   (dynamics)
-    [entanglement] n_sites, cosnet_s0, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
+    [entanglement] n_sites, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
     [kernels]      full, block                          (kernels, dynamics)
     [executor]     kind ("local" | "slurm" | "mpi"), processes, profile, ranks,
                    and a [executor.slurm] table of cluster-profile overrides
@@ -77,6 +77,8 @@ class Grid:
     train_sizes: tuple[int, ...] = (128,)
     lr_factors: tuple[float, ...] = (0.5,)
     architectures: tuple[str, ...] = ARCHITECTURES
+    #: CosNet input scales: an axis of the entanglement study (the s0 crossover)
+    cosnet_s0: tuple[float, ...] = (10.0,)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,6 @@ class Training:
 @dataclass(frozen=True)
 class Entanglement:
     n_sites: int = 12
-    cosnet_s0: float = 10.0
     cosnet_s1: float = 1.0
     gaussnet_s0: float = 1.0
     gaussnet_sb: float = 0.0
@@ -255,6 +256,9 @@ def _grid(check: SpecChecker, table: dict[str, Any]) -> Grid:
         architectures=check.choices(
             "grid.architectures", table.get("architectures", default.architectures), ARCHITECTURES
         ),
+        cosnet_s0=check.numbers(
+            "grid.cosnet_s0", table.get("cosnet_s0", default.cosnet_s0), 0.0, math.inf
+        ),
     )
 
 
@@ -308,7 +312,7 @@ def _entanglement(check: SpecChecker, table: dict[str, Any]) -> Entanglement:
             "entanglement.relu_depth", table.get("relu_depth", default.relu_depth), 1, 8
         ),
     )
-    for key in ("cosnet_s0", "cosnet_s1", "gaussnet_s0"):
+    for key in ("cosnet_s1", "gaussnet_s0"):
         if getattr(section, key) <= 0:
             raise check.error(f"entanglement.{key}", "must be positive", table.get(key))
     return section

@@ -63,6 +63,7 @@ from suite.kernels.blocked import store_gram
 from suite.kernels.gram import gram
 from suite.lattice import check_int
 from suite.layers import Kernel, input_kernel
+from suite.networks import NNQS
 
 KernelFn = Callable[[Kernel], Any]
 """An elementwise kernel map: the input :class:`~suite.layers.Kernel` to an array."""
@@ -269,6 +270,23 @@ def hamming_renyi2(
         log_norm = logsumexp([2 * logs.trace, logs.trace_sq, logs.pseudo_sq])
         estimates.append(float(log_norm - log_purity))
     return estimates
+
+
+def nnqs_renyi2(nnqs: NNQS, n_sites: int, cuts: Sequence[int]) -> list[float]:
+    """``S2_bar`` of an NNQS ensemble at infinite width on ``n_sites`` spins, per cut.
+
+    Covariance ``G = nnqs.infinite(k)[0].hermitian()`` and pseudo-covariance
+    ``.symmetric()`` of its NNGP (zero for identical decoupled parts: a circular GP),
+    through the Hamming closed form (route (c); docs/theory.md §6).
+    """
+
+    def covariance(k: Kernel) -> jax.Array:
+        return nnqs.infinite(k)[0].hermitian()
+
+    def pseudo(k: Kernel) -> jax.Array:
+        return nnqs.infinite(k)[0].symmetric()
+
+    return hamming_renyi2(covariance, n_sites, cuts, pseudo)
 
 
 # --- (b) chunked: Dask blocks into Zarr, block-wise traces ----------------------------------

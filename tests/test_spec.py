@@ -103,7 +103,7 @@ def test_paper_entanglement_and_scaling_specs() -> None:
     assert ent.grid.architectures == ("cosnet", "gaussnet", "relu")
     assert ent.grid.widths == (400, 1000, 4000)
     assert (ent.ensemble.members, ent.ensemble.shard_size) == (100, 25)
-    assert (ent.entanglement.cosnet_s0, ent.entanglement.gaussnet_s0) == (10.0, 1.0)
+    assert (ent.grid.cosnet_s0, ent.entanglement.gaussnet_s0) == ((10.0,), 1.0)
     assert ent.entanglement.gaussnet_sb == 0.0
 
     scaling = load_spec("scaling")
@@ -211,7 +211,8 @@ def test_fingerprint_changes_with_the_science(changes: dict[str, Any]) -> None:
         {"grid.widths": [16]},
         {"grid.architectures": ["gaussnet"]},
         {"entanglement.n_sites": 6},
-        {"entanglement.cosnet_s0": 2.0},
+        {"grid.cosnet_s0": [2.0]},
+        {"grid.cosnet_s0": [10.0, 2.0]},
         {"sweep.seed": 3},
     ],
     ids=lambda changes: ",".join(changes),
@@ -304,7 +305,10 @@ BAD_SPECS = [
     bad("lr-in-entanglement", TINY_ENT, {"grid.lr_factors": [0.5]}, ["grid.lr_factors"]),
     bad("n-sites-too-large", TINY_ENT, {"entanglement.n_sites": 15}, ["entanglement.n_sites"]),
     bad("bad-architecture", TINY_ENT, {"grid.architectures": ["cnn"]}, ["grid.architectures"]),
-    bad("cosnet-s0-zero", TINY_ENT, {"entanglement.cosnet_s0": 0.0}, ["entanglement.cosnet_s0"]),
+    bad("cosnet-s0-zero", TINY_ENT, {"grid.cosnet_s0": [1.0, 0.0]}, ["grid.cosnet_s0"]),
+    bad("cosnet-s0-scalar", TINY_ENT, {"grid.cosnet_s0": 1.0}, ["grid.cosnet_s0"]),
+    bad("cosnet-s0-moved", TINY_ENT, {"entanglement.cosnet_s0": 1.0}, ["entanglement.cosnet_s0"]),
+    bad("cosnet-s0-in-dynamics", TINY, {"grid.cosnet_s0": [1.0]}, ["grid.cosnet_s0"]),
     bad("executor-kind", TINY, {"executor.kind": "kubernetes"}, ["executor.kind"]),
     bad("executor-processes", TINY, {"executor.processes": 0}, ["executor.processes"]),
     bad(

@@ -40,7 +40,7 @@ from analysis.report import write_report
 from jobs.aggregate import aggregate
 from jobs.spec import load_spec
 from jobs.studies import expand
-from jobs.studies.entanglement import entanglement_study
+from jobs.studies.entanglement import architecture_nnqs, cuts
 from jobs.studies.problems import dynamics_nnqs
 from jobs.sweep import execute_task, open_sweep, task_states
 from nnqs import cli
@@ -308,27 +308,30 @@ seed = 1
 [grid]
 widths = [16]
 architectures = ["cosnet", "relu"]
+cosnet_s0 = [1.0]
 [ensemble]
 members = 6
 shard_size = 3
 [entanglement]
 n_sites = 6
-cosnet_s0 = 1.0
 """
     spec = load_spec(_spec_file(tmp_path, text, "ent.toml"))
     store_path = tmp_path / "ent.zarr"
     assert cli.main(["run", str(tmp_path / "ent.toml"), "--store", str(store_path)]) == 0
     store = SweepStore(store_path)
-    study = entanglement_study(spec)
     for a, architecture in enumerate(spec.grid.architectures):
         direct = ensemble_entanglement(
-            study.nnqs(architecture, 16), 6, study.cuts, seed=1, members=np.arange(6)
+            architecture_nnqs(spec, architecture, 16, 1.0),
+            6,
+            cuts(spec),
+            seed=1,
+            members=np.arange(6),
         )
         np.testing.assert_allclose(
-            store.read("von_neumann")[a, 0], direct.von_neumann, rtol=1e-10, atol=1e-12
+            store.read("von_neumann")[a, 0, 0], direct.von_neumann, rtol=1e-10, atol=1e-12
         )
         np.testing.assert_allclose(
-            store.read("ratio_renyi2")[a, 0], direct.ratio_renyi2(), rtol=1e-10
+            store.read("ratio_renyi2")[a, 0, 0], direct.ratio_renyi2(), rtol=1e-10
         )
     page = store.read("page")
     assert page.shape == (3,) and np.all(np.diff(page) > 0)

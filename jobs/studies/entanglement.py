@@ -1,10 +1,13 @@
-"""The entanglement study (paper Fig. 1; docs/theory.md §6).
+"""The entanglement study (paper Fig. 1 and the CosNet s0 crossover; docs/theory.md §6).
 
-Grid ``architecture x width``. Preparing the store computes, per cut ``N_A = 1 .. N/2``,
-the Page value, the Haar Renyi-2 value and the GP replica estimate of each
-architecture. A task writes its members' von Neumann entropies, purities and norms
-(:func:`suite.entanglement.ensemble_entanglement`); aggregating a grid point gives their
-means and standard errors and the replica ratio with its jackknife error
+Grid ``architecture x width x cosnet_s0``: each architecture is ``psi = f_R + i f_I``
+with two independent networks (CosNet, GaussNet or a ReLU MLP; scales in
+``[entanglement]``), and ``grid.cosnet_s0`` scans CosNet's input scale (a scan takes
+CosNet alone). Preparing the store computes, per cut ``N_A = 1 .. N/2`` (A = the first
+``N_A`` sites), the Page value, the Haar Renyi-2 value and the GP replica estimate of
+each (architecture, s0). A task writes its members' von Neumann entropies, purities
+and norms (:func:`suite.entanglement.ensemble_entanglement`); aggregating a grid point
+gives their means and standard errors and the replica ratio with its jackknife error
 (:func:`suite.entanglement.ensemble_summary`). Natural logarithms throughout.
 """
 
@@ -15,9 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from jobs.entanglement import EntanglementStudy, gp_renyi2
 from jobs.registry import Layout, Study, Task, TaskCost, register
-from jobs.spec import BASELINE_BYTES, SweepSpec
+from jobs.spec import BASELINE_BYTES, SpecChecker, SweepSpec
 from jobs.studies.base import (
     aggregation_bytes,
     array_spec,
@@ -26,6 +28,7 @@ from jobs.studies.base import (
     grid_coordinates,
     grid_value,
 )
+from suite import networks
 from suite.entanglement import (
     EnsembleEntanglement,
     ensemble_entanglement,
@@ -44,23 +47,31 @@ ENTANGLEMENT_STATISTICS = (
     "ratio_renyi2",
     "sem_ratio_renyi2",
 )
+#: hidden activations evaluated at once when computing a shard's amplitudes
+CHUNK_ENTRIES = 2**25
 
 
-def entanglement_study(spec: SweepSpec) -> EntanglementStudy:
-    """The Fig. 1 study's settings (architectures' scales) from ``[entanglement]``."""
+def architecture_nnqs(spec: SweepSpec, architecture: str, width: int, s0: float) -> networks.NNQS:
+    """``psi = f_R + i f_I``: two independent networks of ``architecture`` and ``width``
+    (CosNet with input scale ``s0``; the other scales from ``[entanglement]``)."""
     e = spec.entanglement
-    return EntanglementStudy(
-        n_sites=e.n_sites,
-        members=spec.ensemble.members,
-        widths=spec.grid.widths,
-        architectures=spec.grid.architectures,
-        cosnet_s0=e.cosnet_s0,
-        cosnet_s1=e.cosnet_s1,
-        gaussnet_s0=e.gaussnet_s0,
-        gaussnet_sb=e.gaussnet_sb,
-        relu_depth=e.relu_depth,
-        seed=spec.sweep.seed,
-    )
+    if architecture == "cosnet":
+        part = networks.cosnet(width, s0, e.cosnet_s1)
+    elif architecture == "gaussnet":
+        part = networks.gaussnet(width, e.gaussnet_s0, sb=e.gaussnet_sb)
+    else:
+        part = networks.mlp(e.relu_depth, width, "relu")
+    return networks.decoupled(part)
+
+
+def cuts(spec: SweepSpec) -> list[int]:
+    """Subsystem sizes ``N_A = 1 .. N/2`` (A = the first ``N_A`` sites)."""
+    return list(range(1, spec.entanglement.n_sites // 2 + 1))
+
+
+def member_chunk(spec: SweepSpec, width: int) -> int:
+    """Members evaluated together: about :data:`CHUNK_ENTRIES` hidden activations."""
+    return max(1, CHUNK_ENTRIES // (2**spec.entanglement.n_sites * width))
 
 
 class Entanglement(Study):
@@ -68,50 +79,75 @@ class Entanglement(Study):
 
     name = "entanglement"
     sections = ("grid", "ensemble", "entanglement")
-    grid_keys = ("widths", "architectures")
+    grid_keys = ("widths", "architectures", "cosnet_s0")
     lowered_by: ClassVar[dict[str, str]] = {
         "preparation": "entanglement.n_sites",
         "shard": "ensemble.shard_size",
         "aggregation": "ensemble.members",
     }
 
+    def check(self, spec: SweepSpec, check: SpecChecker) -> None:
+        """A scan of CosNet's ``s0`` takes CosNet alone (the others do not depend on it)."""
+        if len(spec.grid.cosnet_s0) > 1 and spec.grid.architectures != ("cosnet",):
+            raise check.error(
+                "grid.cosnet_s0",
+                "scans CosNet only: with more than one value, "
+                'grid.architectures must be ["cosnet"]',
+                list(spec.grid.cosnet_s0),
+            )
+
     def axes(self, spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
-        return {"architecture": spec.grid.architectures, "width": spec.grid.widths}
+        return {
+            "architecture": spec.grid.architectures,
+            "width": spec.grid.widths,
+            "cosnet_s0": spec.grid.cosnet_s0,
+        }
 
     def layout(self, spec: SweepSpec) -> Layout:
         """Store of an entanglement sweep; prepares Page, Haar and GP values per cut."""
-        study = entanglement_study(spec)
-        cuts = study.cuts
-        n_a, n_w, n_c = len(spec.grid.architectures), len(spec.grid.widths), len(cuts)
-        n_m, size = spec.ensemble.members, spec.ensemble.shard_size
+        from suite.replica import nnqs_renyi2  # Dask: only when a store is created
+
+        subsystems = cuts(spec)
+        grid = spec.grid
+        n_a, n_w, n_s = len(grid.architectures), len(grid.widths), len(grid.cosnet_s0)
+        n_c, n_m, size = len(subsystems), spec.ensemble.members, spec.ensemble.shard_size
         n = spec.entanglement.n_sites
-        dims = [(2**c, 2 ** (n - c)) for c in cuts]
+        dims = [(2**c, 2 ** (n - c)) for c in subsystems]
         page = np.array([page_entropy(a, b) for a, b in dims])
         haar = np.array([-math.log(haar_purity(a, b)) for a, b in dims])
+        # the NNGP does not depend on the width: any width builds the same kernel map
         gp = np.array(
             [
-                gp_renyi2(study.nnqs(arch, spec.grid.widths[0]), n, cuts)
-                for arch in spec.grid.architectures
+                [
+                    nnqs_renyi2(architecture_nnqs(spec, arch, grid.widths[0], s0), n, subsystems)
+                    for s0 in grid.cosnet_s0
+                ]
+                for arch in grid.architectures
             ]
         )
         coords, initial = grid_coordinates(spec)
-        for name, values in (("cut", cuts), ("member", np.arange(n_m))):
+        for name, values in (("cut", subsystems), ("member", np.arange(n_m))):
             array, data = coordinate_spec(name, values)
             coords.append(array)
             initial[name] = data
-        point = {"architecture": n_a, "width": n_w}
+        point = {"architecture": n_a, "width": n_w, "cosnet_s0": n_s}
+        one = (1, 1, 1)
         arrays = (
             coords
             + [
                 array_spec("page", {"cut": n_c}, (n_c,)),
                 array_spec("haar_renyi2", {"cut": n_c}, (n_c,)),
-                array_spec("gp_renyi2", {"architecture": n_a, "cut": n_c}, (n_a, n_c)),
-                array_spec("von_neumann", {**point, "member": n_m, "cut": n_c}, (1, 1, size, n_c)),
-                array_spec("purity", {**point, "member": n_m, "cut": n_c}, (1, 1, size, n_c)),
-                array_spec("norm_sq", {**point, "member": n_m}, (1, 1, size)),
+                array_spec(
+                    "gp_renyi2",
+                    {"architecture": n_a, "cosnet_s0": n_s, "cut": n_c},
+                    (n_a, n_s, n_c),
+                ),
+                array_spec("von_neumann", {**point, "member": n_m, "cut": n_c}, (*one, size, n_c)),
+                array_spec("purity", {**point, "member": n_m, "cut": n_c}, (*one, size, n_c)),
+                array_spec("norm_sq", {**point, "member": n_m}, (*one, size)),
             ]
             + [
-                array_spec(name, {**point, "cut": n_c}, (1, 1, n_c))
+                array_spec(name, {**point, "cut": n_c}, (*one, n_c))
                 for name in ENTANGLEMENT_STATISTICS
             ]
         )
@@ -119,47 +155,41 @@ class Entanglement(Study):
         return Layout(arrays, initial, {"log": "natural"}, [])
 
     def run(self, spec: SweepSpec, store: SweepStore, task: Task) -> list[tuple[str, Region]]:
-        """Entropies of the task's members at its (architecture, width)."""
-        a, w = task.point
-        study = entanglement_study(spec)
-        width = spec.grid.widths[w]
+        """Entropies of the task's members at its (architecture, width, cosnet_s0)."""
+        value = grid_value(spec, task)
+        width = value["width"]
         result = ensemble_entanglement(
-            study.nnqs(spec.grid.architectures[a], width),
-            study.n_sites,
-            study.cuts,
+            architecture_nnqs(spec, value["architecture"], width, value["cosnet_s0"]),
+            spec.entanglement.n_sites,
+            cuts(spec),
             seed=spec.sweep.seed,
             members=task.members,
-            member_chunk=study.member_chunk(width),
+            member_chunk=member_chunk(spec, width),
         )
-        members = slice(task.start, task.stop)
-        regions: list[tuple[str, Region]] = []
-        for name, values in (
-            ("von_neumann", result.von_neumann[None, None]),
-            ("purity", result.purity[None, None]),
-            ("norm_sq", result.norm_sq[None, None]),
-        ):
-            region = (slice(a, a + 1), slice(w, w + 1), members) + (
-                (slice(None),) if name != "norm_sq" else ()
-            )
-            store.write(name, region, values)
-            regions.append((name, region))
+        at = (*(slice(i, i + 1) for i in task.point), slice(task.start, task.stop))
+        regions: list[tuple[str, Region]] = [
+            ("von_neumann", (*at, slice(None))),
+            ("purity", (*at, slice(None))),
+            ("norm_sq", at),
+        ]
+        for name, region in regions:
+            store.write(name, region, getattr(result, name)[None, None, None])
         return regions
 
     def aggregate(self, store: SweepStore, point: tuple[int, ...]) -> None:
-        a, w = point
-        at = (slice(a, a + 1), slice(w, w + 1))
-        members = slice(None)
-        cuts = store.read("cut")
+        at = tuple(slice(i, i + 1) for i in point)
+        every = (slice(None), slice(None))
+        cuts_stored = store.read("cut")
         result = EnsembleEntanglement(
-            subsystems=tuple(tuple(range(c)) for c in cuts),
+            subsystems=tuple(tuple(range(c)) for c in cuts_stored),
             members=store.read("member"),
-            von_neumann=store.read("von_neumann", (*at, members, slice(None)))[0, 0],
-            purity=store.read("purity", (*at, members, slice(None)))[0, 0],
-            norm_sq=store.read("norm_sq", (*at, members))[0, 0],
+            von_neumann=store.read("von_neumann", (*at, *every))[0, 0, 0],
+            purity=store.read("purity", (*at, *every))[0, 0, 0],
+            norm_sq=store.read("norm_sq", (*at, slice(None)))[0, 0, 0],
         )
         summary = ensemble_summary(result)
         for name in ENTANGLEMENT_STATISTICS:
-            store.write(name, (*at, slice(None)), np.asarray(summary[name])[None, None])
+            store.write(name, (*at, slice(None)), np.asarray(summary[name])[None, None, None])
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """Each member's amplitudes on the ``2^N`` configurations, and one Schmidt
