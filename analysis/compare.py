@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
+import xarray as xr
 
 from suite.store import SweepStore
 from suite.supervised import CURVES
@@ -26,22 +26,27 @@ FINITE_ESTIMATE = {
 }
 
 
-def relative_deviations(path: str | os.PathLike[str], time: str = "discrete") -> np.ndarray:
-    """``(train_size, lr_factor, width, curve, step)`` relative deviations (NaN at step 0).
+def open_aggregated(path: str | os.PathLike[str], study: str) -> xr.Dataset:
+    """The aggregated store of a ``study`` sweep at ``path``, by dimension name."""
+    store = SweepStore(path)
+    if store.attrs.get("study") != study:
+        raise ValueError(f"store {path} is not a {study} sweep")
+    if "finalized_unix" not in store.attrs:
+        raise ValueError(f"store {path} is not aggregated yet: run `nnqs aggregate {path}`")
+    return xr.open_zarr(store.path)
+
+
+def relative_deviations(data: xr.Dataset, time: str = "discrete") -> xr.DataArray:
+    """Relative deviations ``(train_size, lr_factor, width, curve, step)``, NaN at step 0
+    (the grid axes that ``data`` has: a selected point drops its own).
 
     ``time``: ``"discrete"`` (exact steps) or ``"continuous"`` (gradient flow).
     """
     if time not in ("discrete", "continuous"):
         raise ValueError(f"time must be 'discrete' or 'continuous', got {time!r}")
-    store = SweepStore(path)
-    if store.attrs.get("study") != "dynamics":
-        raise ValueError(f"store {path} is not a dynamics sweep")
-    if "finalized_unix" not in store.attrs:
-        raise ValueError(f"store {path} is not aggregated yet: run `nnqs aggregate {path}`")
-    infinite = store.read(f"infinite_{time}")  # (T, R, curve, step)
-    finite = np.stack([store.read(FINITE_ESTIMATE[c]) for c in CURVES], axis=3)  # (T,R,W,c,s)
-    reference = infinite[:, :, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        deviation = np.abs(finite - reference) / reference
-    deviation[..., 0] = np.nan
-    return deviation
+    infinite = data[f"infinite_{time}"]  # (train_size, lr_factor, curve, step)
+    finite = xr.concat([data[FINITE_ESTIMATE[c]] for c in CURVES], dim=data["curve"])
+    deviation = abs(finite - infinite) / infinite
+    return deviation.where(deviation["step"] != data["step"][0]).transpose(
+        ..., "width", "curve", "step"
+    )

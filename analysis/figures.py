@@ -29,11 +29,10 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from suite.store import SweepStore
 from suite.supervised import CURVES, width_exponent
 
-#: the loss-curve panels of Fig. 2: (finite array, index of the infinite curve, title)
-PANELS = (("train_mean_of_losses", 1, "train"), ("test_mean_of_losses", 3, "test"))
+#: the loss-curve panels of Fig. 2: (curve, title)
+PANELS = (("train_mean_of_losses", "train"), ("test_mean_of_losses", "test"))
 
 
 def save(figure: Figure, out: str | os.PathLike[str], name: str) -> list[Path]:
@@ -47,73 +46,65 @@ def save(figure: Figure, out: str | os.PathLike[str], name: str) -> list[Path]:
     return paths
 
 
-def _widths(store: SweepStore) -> list[int]:
-    return store.read("width").tolist()
-
-
-def loss_curves_figure(store: SweepStore, train: int = -1, rate: int = 0) -> Figure:
-    """Fig. 2 at train-size index ``train`` and learning-rate index ``rate``."""
-    steps = store.read("step").astype(float)
-    shifted = steps + 1  # log axis: step 0 at 1
-    infinite = {
-        time: store.read(f"infinite_{time}")[train, rate] for time in ("discrete", "continuous")
-    }
+def loss_curves_figure(data: xr.Dataset, point: Mapping[str, Any]) -> Figure:
+    """Fig. 2 at one (train size, learning-rate factor) ``point`` (coordinate values)."""
+    at = data.sel(point)
+    shifted = data["step"].values.astype(float) + 1  # log axis: step 0 at 1
+    widths = data["width"].values.tolist()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(_widths(store))))
-    for axis, (name, curve, title) in zip(axes, PANELS, strict=True):
-        for w, width in enumerate(_widths(store)):
-            axis.plot(
-                shifted,
-                store.read(name)[train, rate, w],
-                "o",
-                ms=4,
-                color=colours[w],
-                label=f"width {width}",
-            )
-        axis.plot(shifted, infinite["discrete"][curve], "k-", lw=1.5, label="NTK, discrete steps")
-        axis.plot(shifted, infinite["continuous"][curve], "k--", lw=1, label="NTK, gradient flow")
+    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(widths)))
+    for axis, (name, title) in zip(axes, PANELS, strict=True):
+        for colour, width in zip(colours, widths, strict=True):
+            finite = at[name].sel(width=width).values
+            axis.plot(shifted, finite, "o", ms=4, color=colour, label=f"width {width}")
+        for time, style, label in (
+            ("discrete", "k-", "NTK, discrete steps"),
+            ("continuous", "k--", "NTK, gradient flow"),
+        ):
+            infinite = at[f"infinite_{time}"].sel(curve=name).values
+            axis.plot(shifted, infinite, style, lw=1.5 if time == "discrete" else 1, label=label)
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("step + 1")
         axis.set_ylabel(f"{title} loss (mean of the losses)")
-        axis.set_title(f"{title}, B = {store.read('train_size')[train]}")
+        axis.set_title(f"{title}, B = {point['train_size']}")
     axes[0].legend(fontsize=8)
     return figure
 
 
-def total_losses(store: SweepStore, rate: int = 0) -> dict[str, np.ndarray]:
-    """Total (whole-basis) mean-of-losses at the last step: finite per width, NTK at that
-    step and at t = inf; each ``(train_size, ...)``."""
-    sizes = store.read("train_size").astype(float)
-    dimension = store.array("phi").shape[0]
-    weight = sizes / dimension
+def total_losses(data: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Total (whole-basis) mean of the losses of a dynamics store at one learning rate:
+    ``finite`` (train size, width) at the last logged step, and the NTK's at that step
+    (``infinite_last_step``) and at t = inf (``infinite_t_inf``), per train size."""
+    weight = data["train_size"] / data.sizes["basis"]
+    last = data.isel(step=-1)
 
-    def total(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        shape = (-1,) + (1,) * (train.ndim - 1)
-        return weight.reshape(shape) * train + (1 - weight.reshape(shape)) * test
+    def total(train: xr.DataArray, test: xr.DataArray) -> xr.DataArray:
+        return weight * train + (1 - weight) * test
 
-    finite = total(
-        store.read("train_mean_of_losses")[:, rate, :, -1],
-        store.read("test_mean_of_losses")[:, rate, :, -1],
-    )
-    last = store.read("infinite_discrete")[:, rate, :, -1]
-    limit = store.read("infinite_t_inf")[:, rate]
+    def ntk(values: xr.DataArray) -> xr.DataArray:
+        return total(
+            values.sel(curve="train_mean_of_losses", drop=True),
+            values.sel(curve="test_mean_of_losses", drop=True),
+        )
+
     return {
-        "train_size": sizes,
-        "finite": finite,
-        "infinite_last_step": total(last[:, 1], last[:, 3]),
-        "infinite_t_inf": total(limit[:, 1], limit[:, 3]),
+        "finite": total(last["train_mean_of_losses"], last["test_mean_of_losses"]),
+        "infinite_last_step": ntk(last["infinite_discrete"]),
+        "infinite_t_inf": ntk(data["infinite_t_inf"]),
     }
 
 
-def final_loss_figure(store: SweepStore, rate: int = 0) -> Figure:
-    """Fig. 3: total loss at the last logged step against the train-set size."""
-    losses = total_losses(store, rate)
+def final_loss_figure(losses: Mapping[str, xr.DataArray]) -> Figure:
+    """Fig. 3: total loss at the last logged step against the train-set size
+    (:func:`total_losses`)."""
+    sizes = losses["finite"]["train_size"].values
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    for w, width in enumerate(_widths(store)):
-        axis.plot(losses["train_size"], losses["finite"][:, w], "o-", ms=4, label=f"width {width}")
-    axis.plot(losses["train_size"], losses["infinite_last_step"], "k-", label="NTK, last step")
-    axis.plot(losses["train_size"], losses["infinite_t_inf"], "k:", label="NTK, t = inf")
+    for width in losses["finite"]["width"].values.tolist():
+        values = losses["finite"].sel(width=width).values
+        axis.plot(sizes, values, "o-", ms=4, label=f"width {width}")
+    axis.plot(sizes, losses["infinite_last_step"].values, "k-", label="NTK, last step")
+    axis.plot(sizes, losses["infinite_t_inf"].values, "k:", label="NTK, t = inf")
     axis.set_xscale("log")
     axis.set_xlabel("train-set size B")
     axis.set_ylabel("total loss (whole basis)")
@@ -121,11 +112,11 @@ def final_loss_figure(store: SweepStore, rate: int = 0) -> Figure:
     return figure
 
 
-def spectra_figure(store: SweepStore) -> Figure:
+def spectra_figure(data: xr.Dataset) -> Figure:
     """QS-NTK eigenvalues on each train set, in decreasing order."""
-    spectra = store.read("ntk_spectrum")
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    for size, values in zip(store.read("train_size"), spectra, strict=True):
+    for size in data["train_size"].values.tolist():
+        values = data["ntk_spectrum"].sel(train_size=size).values
         ordered = np.sort(values[np.isfinite(values)])[::-1]
         axis.plot(np.arange(1, ordered.size + 1), ordered, label=f"B = {size}")
     axis.set_yscale("log")
@@ -135,14 +126,16 @@ def spectra_figure(store: SweepStore) -> Figure:
     return figure
 
 
-def deviation_figure(widths: list[int], largest: np.ndarray) -> Figure:
+def deviation_figure(largest: xr.DataArray) -> Figure:
     """Largest relative deviation from the discrete-step prediction against width.
 
     ``largest``: ``(width, curve)``, the maximum over steps >= 1 of
     :func:`analysis.compare.relative_deviations` at one grid point.
     """
+    widths = largest["width"].values.tolist()
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
-    for name, values in zip(CURVES, largest.T, strict=True):
+    for name in CURVES:
+        values = largest.sel(curve=name).values
         label = name.replace("_", " ")
         if len(widths) > 1 and np.all(values > 0):
             label += f" (slope {width_exponent(widths, values.tolist()):.2f})"

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from analysis import figures
-from analysis.compare import relative_deviations
+from analysis.compare import open_aggregated, relative_deviations
 from suite.store import SweepStore
 from suite.supervised import CURVES, width_exponent
 
@@ -41,61 +42,69 @@ def _image(paths: list[Path], out: Path, caption: str) -> list[str]:
     return [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
 
 
-def _dynamics(store: SweepStore, out: Path) -> list[str]:
+def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
     lines: list[str] = []
-    widths = store.read("width").tolist()
-    steps = store.read("step").tolist()
-    sizes = store.read("train_size").tolist()
-    factors = store.read("lr_factor").tolist()
-    deviations = relative_deviations(store.path, "discrete")
-    for t, size in enumerate(sizes):
-        for r, factor in enumerate(factors):
+    widths = data["width"].values.tolist()
+    steps = data["step"].values.tolist()
+    deviations = relative_deviations(data, "discrete")
+    for size in data["train_size"].values.tolist():
+        for factor in data["lr_factor"].values.tolist():
+            point = {"train_size": size, "lr_factor": factor}
+            at = deviations.sel(point)
             tag = f"B{size}-lr{factor:g}"
             lines += [f"## Loss curves, B = {size}, eta = {factor:g} eta_max", ""]
             lines += _image(
-                figures.save(figures.loss_curves_figure(store, t, r), out, f"fig2-{tag}"),
+                figures.save(figures.loss_curves_figure(data, point), out, f"fig2-{tag}"),
                 out,
                 f"Fig. 2: mean of the losses, finite widths against the NTK (B = {size})",
             )
-            for c, curve in enumerate(CURVES):
+            for curve in CURVES:
                 lines += [f"Relative deviation from the discrete-step NTK: {curve}", ""]
                 rows = [
-                    [width, *deviations[t, r, w, c, 1:].tolist()] for w, width in enumerate(widths)
+                    [width, *at.sel(width=width, curve=curve).values[1:].tolist()]
+                    for width in widths
                 ]
                 lines += [*markdown_table(["width", *map(str, steps[1:])], rows), ""]
-            largest = np.nanmax(deviations[t, r, :, :, 1:], axis=-1)  # (W, curve)
-            rows = [[width, *largest[w].tolist()] for w, width in enumerate(widths)]
+            largest = at.max("step")  # (width, curve); step 0 is NaN
+            rows = [[width, *largest.sel(width=width).values.tolist()] for width in widths]
             if len(widths) > 1:
                 rows.append(
-                    ["exponent", *(width_exponent(widths, largest[:, c]) for c in range(4))]
+                    [
+                        "exponent",
+                        *(width_exponent(widths, largest.sel(curve=c).values) for c in CURVES),
+                    ]
                 )
             lines += ["Largest deviation over steps >= 1, and its exponent against width:", ""]
             lines += [*markdown_table(["width", *CURVES], rows), ""]
             lines += _image(
-                figures.save(figures.deviation_figure(widths, largest), out, f"deviation-{tag}"),
+                figures.save(figures.deviation_figure(largest), out, f"deviation-{tag}"),
                 out,
                 "Largest relative deviation against width",
             )
-    if len(sizes) > 1:
-        losses = figures.total_losses(store)
+    if data.sizes["train_size"] > 1:
+        factor = data["lr_factor"].values[0]
+        losses = figures.total_losses(data.sel(lr_factor=factor))
         lines += ["## Total loss against the train-set size (Fig. 3)", ""]
         rows = [
-            [int(size), *losses["finite"][t].tolist(), losses["infinite_last_step"][t]]
-            for t, size in enumerate(losses["train_size"])
+            [
+                size,
+                *losses["finite"].sel(train_size=size).values.tolist(),
+                float(losses["infinite_last_step"].sel(train_size=size)),
+                float(losses["infinite_t_inf"].sel(train_size=size)),
+            ]
+            for size in data["train_size"].values.tolist()
         ]
-        lines += [*markdown_table(["B", *(f"width {w}" for w in widths), "NTK"], rows), ""]
-        lines += _image(figures.save(figures.final_loss_figure(store), out, "fig3"), out, "Fig. 3")
+        header = ["B", *(f"width {w}" for w in widths), "NTK", "NTK, t = inf"]
+        lines += [*markdown_table(header, rows), ""]
+        lines += _image(figures.save(figures.final_loss_figure(losses), out, "fig3"), out, "Fig. 3")
     lines += ["## QS-NTK spectra on the train sets", ""]
-    lines += _image(figures.save(figures.spectra_figure(store), out, "spectra"), out, "Spectra")
+    lines += _image(figures.save(figures.spectra_figure(data), out, "spectra"), out, "Spectra")
     return lines
 
 
-def _entanglement(store: SweepStore, out: Path) -> list[str]:
+def _entanglement(data: xr.Dataset, out: Path) -> list[str]:
     """Fig. 1 and, per (architecture, s0), the gaps to Page and to the GP estimate per cut;
     for a scan of CosNet's ``s0``, the crossover figure and table at the half cut."""
-    import xarray as xr
-
-    data = xr.open_zarr(store.path)
     lines = ["## Entanglement against subsystem size (Fig. 1)", ""]
     lines += _image(figures.save(figures.entanglement_figure(data), out, "fig1"), out, "Fig. 1")
     cuts = data["cut"].values.tolist()
@@ -138,26 +147,23 @@ def _entanglement(store: SweepStore, out: Path) -> list[str]:
     return lines
 
 
-def _kernels(store: SweepStore, out: Path) -> list[str]:
-    widths = store.read("width").tolist()
-    members = store.read("mean_empirical_deviation").tolist()
-    mean = store.read("deviation_of_mean_kernel").tolist()
+def _kernels(data: xr.Dataset, out: Path) -> list[str]:
+    widths = data["width"].values.tolist()
+    members = data["mean_empirical_deviation"].values.tolist()
+    mean = data["deviation_of_mean_kernel"].values.tolist()
     rows = [[w, m, k] for w, m, k in zip(widths, members, mean, strict=True)]
     if len(widths) > 1:
         rows.append(["exponent", width_exponent(widths, members), width_exponent(widths, mean)])
     lines = ["## Empirical QS-NTK against the infinite-width kernel", ""]
     lines += markdown_table(["width", "mean member distance", "distance of the mean kernel"], rows)
     lines += ["", "## QS-NTK spectra on the train sets", ""]
-    lines += _image(figures.save(figures.spectra_figure(store), out, "spectra"), out, "Spectra")
+    lines += _image(figures.save(figures.spectra_figure(data), out, "spectra"), out, "Spectra")
     return lines
 
 
-def _any_study(store: SweepStore, out: Path) -> list[str]:
+def _any_study(data: xr.Dataset, out: Path) -> list[str]:
     """A study without a section of its own: each aggregate along one coordinate as a
-    table (read by dimension name with xarray), and every other array's dimensions."""
-    import xarray as xr
-
-    data = xr.open_zarr(store.path)
+    table, and every other array's dimensions."""
     lines = ["## Results", ""]
     others = []
     for name, values in sorted(data.data_vars.items()):
@@ -181,8 +187,7 @@ SECTIONS = {"dynamics": _dynamics, "entanglement": _entanglement, "kernels": _ke
 def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Figures and ``report.md`` of the aggregated sweep at ``path`` into ``out``."""
     store = SweepStore(path)
-    if "finalized_unix" not in store.attrs:
-        raise ValueError(f"store {path} is not aggregated yet: run `nnqs aggregate {path}`")
+    data = open_aggregated(path, store.attrs.get("study", ""))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     attrs = store.attrs
@@ -198,7 +203,7 @@ def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
         f"Grid: {', '.join(f'{k} = {v}' for k, v in spec['grid'].items())}; "
         f"{spec['ensemble']['members']} members in shards of {spec['ensemble']['shard_size']}.",
         "",
-        *SECTIONS.get(attrs["study"], _any_study)(store, out),
+        *SECTIONS.get(attrs["study"], _any_study)(data, out),
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")

@@ -3,7 +3,6 @@
     nnqs target tfim --lattice 3x3 --boundary periodic --J 1 --h 1 --time 1
     nnqs target hubbard --lattice 2x3 --filling 2,2 --u-initial 0 --u-final 4 --time 0.5 1
     nnqs demo
-    nnqs dynamics --model tfim --widths 64 256 1024 --members 64 --out runs/fig2.json
     nnqs run quickstart                    # a sweep spec (jobs/specs/ or a path) -> Zarr store
     nnqs run paper-tfim --executor slurm --store /scratch/paper-tfim.zarr
     nnqs validate paper-tfim                # grid, tasks, memory, time per task; runs nothing
@@ -25,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from analysis.bench.cli import add_bench_parser
-from jobs.spec import ARCHITECTURES, KINDS
 from suite.entanglement import entanglement_profile
 from suite.targets import TARGETS, build_target, make_spec, target_summary
 
@@ -90,58 +88,6 @@ def _cmd_demo(args: argparse.Namespace) -> Any:
     from jobs.demo import run_demo
 
     return run_demo(train_size=args.train_size, width=args.width, depth=args.depth)
-
-
-def _cmd_dynamics(args: argparse.Namespace) -> Any:
-    from pathlib import Path
-
-    from jobs.dynamics import DynamicsStudy, run_dynamics_study, write_json
-
-    study = DynamicsStudy(
-        model=args.model,
-        kind=args.kind,
-        depth=args.depth,
-        widths=tuple(args.widths),
-        train_size=args.train_size,
-        train_sizes=tuple(args.train_sizes),
-        lr_factor=args.lr_factor,
-        members=args.members,
-        log_points=args.log_points,
-        max_steps=args.max_steps or None,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
-    result = run_dynamics_study(study)
-    path = write_json(result, Path(args.out))
-    return {
-        "written": str(path),
-        "seconds": result["seconds"],
-        "deviation_exponent_vs_width": result["deviation_exponent_vs_width"],
-        "max_deviation_continuous": {
-            width: max(entry["deviation_continuous"].values())
-            for width, entry in result["finite"].items()
-        },
-        "max_deviation_discrete": {
-            width: max(entry["deviation_discrete"].values())
-            for width, entry in result["finite"].items()
-        },
-    }
-
-
-def _cmd_entanglement(args: argparse.Namespace) -> Any:
-    from jobs.entanglement import EntanglementStudy, run_entanglement_study
-
-    study = EntanglementStudy(
-        n_sites=args.n_sites,
-        members=args.members,
-        widths=tuple(args.widths),
-        architectures=tuple(args.architectures),
-        cosnet_s0=args.cosnet_s0,
-        scan_s0=tuple(args.scan_s0),
-        seed=args.seed,
-    )
-    result = run_entanglement_study(study, out=args.out)
-    return {"written": args.out, "seconds": result.get("seconds")}
 
 
 def _run_executor(
@@ -345,7 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_target_commands(commands)
-    _add_quick_study_commands(commands)
     _add_sweep_commands(commands)
     add_bench_parser(commands)
     return parser
@@ -378,64 +323,6 @@ def _add_target_commands(commands: Any) -> None:
     demo.add_argument("--width", type=int, default=1024)
     demo.add_argument("--depth", type=int, default=1)
     demo.set_defaults(run=_cmd_demo)
-
-
-def _add_quick_study_commands(commands: Any) -> None:
-    """``dynamics`` and ``entanglement``: one-off studies into a JSON file."""
-    dynamics = commands.add_parser(
-        "dynamics",
-        help="training dynamics study (paper Figs. 2-3): finite ensembles vs infinite width",
-    )
-    dynamics.add_argument("--model", choices=sorted(TARGETS), default="tfim")
-    dynamics.add_argument("--kind", choices=KINDS, default="decoupled")
-    dynamics.add_argument("--depth", type=int, default=1)
-    dynamics.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
-    dynamics.add_argument("--train-size", type=int, default=128, help="B of the loss curves")
-    dynamics.add_argument(
-        "--train-sizes",
-        type=int,
-        nargs="+",
-        default=[16, 32, 64, 128, 256],
-        help="train-set sizes of the final-loss scan (Fig. 3)",
-    )
-    dynamics.add_argument("--lr-factor", type=float, default=0.5, help="eta / eta_max")
-    dynamics.add_argument("--members", type=int, default=64, help="ensemble size M")
-    dynamics.add_argument("--log-points", type=int, default=16)
-    dynamics.add_argument(
-        "--max-steps",
-        type=int,
-        default=2000,
-        help="cap on the logged steps (0: up to the infinite-width convergence step)",
-    )
-    dynamics.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    dynamics.add_argument("--seed", type=int, default=0)
-    dynamics.add_argument("--out", default="runs/dynamics.json", help="output JSON path")
-    dynamics.set_defaults(run=_cmd_dynamics)
-
-    entanglement = commands.add_parser(
-        "entanglement",
-        help="entanglement of NNQS ensembles (paper Fig. 1): finite widths, GP, Page",
-    )
-    entanglement.add_argument("--n-sites", type=int, default=12, help="spins N (2..14)")
-    entanglement.add_argument("--members", type=int, default=100)
-    entanglement.add_argument("--widths", type=int, nargs="+", default=[400, 1000, 4000])
-    entanglement.add_argument(
-        "--architectures",
-        nargs="+",
-        default=list(ARCHITECTURES),
-        choices=ARCHITECTURES,
-    )
-    entanglement.add_argument("--cosnet-s0", type=float, default=10.0)
-    entanglement.add_argument(
-        "--scan-s0",
-        type=float,
-        nargs="+",
-        default=[0.25, 0.5, 1, 1.5, 2, 3, 5, 10],
-        help="CosNet s0 values of the crossover scan",
-    )
-    entanglement.add_argument("--seed", type=int, default=0)
-    entanglement.add_argument("--out", default="runs/entanglement.json")
-    entanglement.set_defaults(run=_cmd_entanglement)
 
 
 def _add_sweep_commands(commands: Any) -> None:

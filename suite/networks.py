@@ -16,10 +16,11 @@ so a member is the same however an ensemble is sharded or resumed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -231,6 +232,22 @@ def complex_output(
     """
     scaled_sb = None if sb is None else sb / math.sqrt(2)
     return _two_output("complex_output", trunk, sw / math.sqrt(2), scaled_sb, parameterization)
+
+
+@functools.cache
+def mlp_nnqs(kind: NNQSKind, activation: Activation, depth: int, width: int) -> NNQS:
+    """The NNQS of ``kind`` over MLPs of ``depth`` hidden layers of ``width`` (docs/theory.md §3).
+
+    The same object for the same settings, so that compiled training code is reused.
+    """
+    if kind == "decoupled":
+        return decoupled(mlp(depth, width, activation))
+    trunk = mlp_trunk(depth, width, activation)
+    if kind == "shared_trunk":
+        return shared_trunk(trunk)
+    if kind == "complex_output":
+        return complex_output(trunk)
+    raise ValueError(f"kind must be one of {', '.join(get_args(NNQSKind))}; got {kind!r}")
 
 
 def member_keys(seed: int, members: Sequence[int] | np.ndarray | Array) -> Array:

@@ -1,7 +1,8 @@
 """Finite-width ensembles against the infinite-width predictions: small study (docs/theory.md §5).
 
-The suite's scientific claim at test size: a TFIM 2x3 quench, 24 train points,
-ensembles of 128 decoupled ReLU NNQS trained by full-batch gradient descent in
+The suite's scientific claim at test size, through the path users run (``nnqs run`` of a
+dynamics spec, read back from its store by coordinate): a TFIM 2x3 quench, 24 train
+points, ensembles of 128 decoupled ReLU NNQS trained by full-batch gradient descent in
 float64 up to the step where the infinite-width train loss is below 1e-3 of its start.
 """
 
@@ -10,86 +11,99 @@ from __future__ import annotations
 import suite  # noqa: F401  (enables float64)
 
 # isort: split
-import functools
+from pathlib import Path
 
-import numpy as np
 import pytest
+import xarray as xr
 
-from jobs.dynamics import (
-    DynamicsStudy,
-    _problem,
-    finite_curves,
-)
-from suite.supervised import (
-    after_initialisation,
-    convergence_step,
-    infinite_width_curves,
-    log_steps,
-    relative_deviation,
-)
-from suite.targets import build_target, make_spec
+from analysis.compare import open_aggregated, relative_deviations
+from nnqs import cli
 
 pytestmark = pytest.mark.slow
 
-STUDY = DynamicsStudy(
-    model="tfim",
-    target={"lx": 2, "ly": 3, "periodic": False},
-    train_size=24,
-    members=128,
-    dtype="float64",
-)
+
+def study_spec(name: str, widths: list[int], lr_factor: float) -> str:
+    """One learning rate per spec: a spec's logged steps run to its slowest convergence."""
+    return f"""
+[sweep]
+name = "{name}"
+study = "dynamics"
+dtype = "float64"
+[target]
+model = "tfim"
+lx = 2
+ly = 3
+periodic = false
+[grid]
+widths = {widths}
+train_sizes = [24]
+lr_factors = [{lr_factor}]
+[ensemble]
+members = 128
+shard_size = 128
+[training]
+log_points = 8
+max_steps = 0
+"""
 
 
-@functools.cache
-def problem():
-    target = build_target(make_spec(STUDY.model, **STUDY.target))
-    return _problem(STUDY, target, STUDY.train_size)
+def run_study(tmp: Path, name: str, widths: list[int], lr_factor: float) -> xr.Dataset:
+    spec = tmp / f"{name}.toml"
+    spec.write_text(study_spec(name, widths, lr_factor))
+    store = tmp / f"{name}.zarr"
+    assert cli.main(["run", str(spec), "--store", str(store)]) == 0
+    return open_aggregated(store, "dynamics").squeeze(["train_size", "lr_factor"])
 
 
-@functools.cache
-def run(lr_factor: float, width: int):
-    """Deviations (continuous, discrete) and curves (finite, discrete) after step 0; cached."""
-    problem_ = problem()
-    eta = lr_factor * problem_.eta_max
-    steps = log_steps(convergence_step(problem_, eta), 8)
-    finite = after_initialisation(finite_curves(STUDY, problem_, width, eta, steps))
-    continuous = after_initialisation(infinite_width_curves(problem_, eta, steps, False))
-    discrete = after_initialisation(infinite_width_curves(problem_, eta, steps, True))
-    return (
-        relative_deviation(finite, continuous),
-        relative_deviation(finite, discrete),
-        finite,
-        discrete,
-    )
+@pytest.fixture(scope="module")
+def half_rate(tmp_path_factory: pytest.TempPathFactory) -> xr.Dataset:
+    """eta = 0.5 eta_max, widths 64 and 1024."""
+    return run_study(tmp_path_factory.mktemp("half"), "half", [64, 1024], 0.5)
 
 
-def test_wide_ensembles_follow_the_discrete_prediction() -> None:
+@pytest.fixture(scope="module")
+def large_rate(tmp_path_factory: pytest.TempPathFactory) -> xr.Dataset:
+    """eta = 0.95 eta_max, width 1024."""
+    return run_study(tmp_path_factory.mktemp("large"), "large", [1024], 0.95)
+
+
+def largest(data: xr.Dataset, time: str, width: int) -> xr.DataArray:
+    """Largest relative deviation over the logged steps >= 1, per curve."""
+    return relative_deviations(data, time).sel(width=width).max("step")
+
+
+def test_wide_ensembles_follow_the_discrete_prediction(half_rate: xr.Dataset) -> None:
     """Width 1024: test losses within 5% of the exact-discrete-step prediction at every
     logged step (measured 1.3% and 2.6%); the train losses reach the infinite-width
     regime: below 1e-2 of their start at the convergence step, as predicted (1e-3)."""
-    _, discrete_dev, finite, discrete = run(0.5, 1024)
-    assert discrete_dev["test_mean_of_losses"] < 0.05
-    assert discrete_dev["test_loss_of_mean"] < 0.05
-    start = discrete.train_mean_of_losses[0]
-    assert finite.train_mean_of_losses[-1] < 1e-2 * start
-    assert np.all(np.diff(finite.train_mean_of_losses) < 0)
+    deviation = largest(half_rate, "discrete", 1024)
+    assert float(deviation.sel(curve="test_mean_of_losses")) < 0.05
+    assert float(deviation.sel(curve="test_loss_of_mean")) < 0.05
+    start = float(half_rate["infinite_discrete"].sel(curve="train_mean_of_losses").isel(step=0))
+    finite = half_rate["train_mean_of_losses"].sel(width=1024)
+    assert float(finite.isel(step=-1)) < 1e-2 * start
+    assert bool((finite.diff("step") < 0).all())
 
 
-def test_deviation_falls_with_width() -> None:
+def test_deviation_falls_with_width(half_rate: xr.Dataset) -> None:
     """The largest train-loss deviation from theory falls with width (64 -> 1024: ~2 -> ~0.4).
 
     (The test losses are already within sampling noise, ~2%, at width 64.)"""
-    narrow = run(0.5, 64)[1]
-    wide = run(0.5, 1024)[1]
+    narrow = largest(half_rate, "discrete", 64)
+    wide = largest(half_rate, "discrete", 1024)
     for name in ("train_loss_of_mean", "train_mean_of_losses"):
-        assert wide[name] < 0.5 * narrow[name], name
+        assert float(wide.sel(curve=name)) < 0.5 * float(narrow.sel(curve=name)), name
 
 
-def test_discrete_prediction_beats_continuous_at_large_learning_rate() -> None:
+def test_discrete_prediction_beats_continuous_at_large_learning_rate(
+    large_rate: xr.Dataset,
+) -> None:
     """At 0.95 eta_max the first steps are large: the exact discrete-step prediction tracks
     the finite nets (test mean of losses within 15%: measured 8.7%), the continuous-time
     one does not (measured 161%)."""
-    continuous_dev, discrete_dev, _, _ = run(0.95, 1024)
-    assert discrete_dev["test_mean_of_losses"] < 0.15
-    assert continuous_dev["test_mean_of_losses"] > 5 * discrete_dev["test_mean_of_losses"]
-    assert continuous_dev["train_mean_of_losses"] > 2 * discrete_dev["train_mean_of_losses"]
+    discrete = largest(large_rate, "discrete", 1024)
+    continuous = largest(large_rate, "continuous", 1024)
+    test, train = "test_mean_of_losses", "train_mean_of_losses"
+    assert float(discrete.sel(curve=test)) < 0.15
+    assert float(continuous.sel(curve=test)) > 5 * float(discrete.sel(curve=test))
+    assert float(continuous.sel(curve=train)) > 2 * float(discrete.sel(curve=train))

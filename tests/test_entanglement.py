@@ -11,8 +11,8 @@ Established here:
   Hamming closed form) agree for every kernel of the suite; an iid kernel gives the
   Haar purity; the closed form handles 1000 spins;
 * finite-width ensembles: sharding-invariant members, replica ratio, and the approach
-  to Page and to the GP estimate with width (small sizes; the paper-size figures are
-  produced by ``jobs/entanglement.py``).
+  to Page and to the GP estimate with width (small sizes; the paper-size figures come
+  from the entanglement study, ``nnqs run paper-entanglement``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jobs.entanglement import EntanglementStudy, gp_renyi2, run_entanglement_study
 from suite import networks as nw
 from suite import replica
 from suite.entanglement import (
@@ -471,47 +470,6 @@ def test_finite_cosnet_approaches_page_and_the_gp_estimate() -> None:
         )
         page = np.array([page_entropy(2**n_a, 2 ** (n_sites - n_a)) for n_a in cuts])
         gaps.append(np.abs(result.von_neumann.mean(axis=0) / page - 1))
-        gp_gaps.append(np.abs(result.ratio_renyi2() - gp_renyi2(nnqs, n_sites, cuts)))
+        gp_gaps.append(np.abs(result.ratio_renyi2() - replica.nnqs_renyi2(nnqs, n_sites, cuts)))
     assert np.all(gaps[1] < gaps[0]) and np.all(gaps[1] < 0.02)
     assert np.all(gp_gaps[1] < gp_gaps[0])
-
-
-# --- the Fig. 1 command ----------------------------------------------------------------------
-
-
-def test_entanglement_study_writes_fig1_data(tmp_path) -> None:
-    study = EntanglementStudy(
-        n_sites=6,
-        members=6,
-        widths=(16, 64),
-        architectures=("cosnet", "relu"),
-        scan_s0=(0.3, 3.0),
-        scan_width=16,
-    )
-    out = tmp_path / "fig1.json"
-    result = run_entanglement_study(study, out=out, progress=False)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert result["n_a"] == [1, 2, 3]
-    assert set(result["architectures"]) == {"cosnet", "relu"}
-    cos = result["architectures"]["cosnet"]
-    assert set(cos["widths"]) == {"16", "64"}
-    assert len(cos["gp_renyi2"]) == 3 and len(result["page"]) == 3
-    scan = result["crossover"]
-    assert scan["s0"] == [0.3, 3.0] and scan["gp_renyi2"][0] < scan["gp_renyi2"][1]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "name"),
-    [
-        ({"n_sites": 1}, "n_sites"),
-        ({"n_sites": 15}, "n_sites"),
-        ({"members": 1}, "members"),
-        ({"widths": ()}, "widths"),
-        ({"architectures": ("resnet",)}, "architectures"),
-        ({"cosnet_s0": 0.0}, "cosnet_s0"),
-        ({"scan_s0": (1.0, -1.0)}, "scan_s0"),
-    ],
-)
-def test_entanglement_study_validates_fields(kwargs: dict, name: str) -> None:
-    with pytest.raises(ValueError, match=f"^{name} must"):
-        EntanglementStudy(**kwargs)

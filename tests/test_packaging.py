@@ -17,7 +17,7 @@ from nnqs.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {
-    "target", "demo", "dynamics", "entanglement", "run", "validate", "status", "resubmit",
+    "target", "demo", "run", "validate", "status", "resubmit",
     "aggregate", "report", "bench",
 }  # fmt: skip
 

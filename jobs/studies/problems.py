@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from jobs.dynamics import mlp_nnqs
 from jobs.spec import (
     BASELINE_BYTES,
     SpecChecker,
@@ -32,7 +31,7 @@ BLOCKS = ("uu", "uv", "vu", "vv")
 def dynamics_nnqs(spec: SweepSpec, width: int) -> networks.NNQS:
     """The NNQS of ``[network]`` at ``width`` (decoupled, shared trunk or complex output)."""
     net = spec.network
-    return mlp_nnqs(net.kind, net.activation, net.depth, width)
+    return networks.mlp_nnqs(net.kind, net.activation, net.depth, width)
 
 
 def basis_and_target(spec: SweepSpec) -> tuple[np.ndarray, np.ndarray]:
