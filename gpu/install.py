@@ -47,6 +47,7 @@ SUITE_MODULES = (
     "distributed",
     "dask_jobqueue",
     "submitit",
+    "msgspec",
 )
 """Modules that must import once the wheelhouse is on ``PYTHONPATH``."""
 

@@ -49,6 +49,7 @@ ROOTS = (
     "distributed",
     "dask-jobqueue",
     "submitit",
+    "msgspec",
     "tornado",
     "partd",
     "locket",

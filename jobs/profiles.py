@@ -1,9 +1,10 @@
 """Cluster profiles: where and how SLURM jobs run (partition, account, GPUs, modules, limits).
 
 A profile is a TOML file in ``jobs/clusters/`` (or anywhere, given by path) whose keys are
-the fields of :class:`ClusterProfile`. It is validated when loaded: unknown keys, wrong types
-and out-of-range values raise ``ValueError`` with a one-line message naming the field. From a
-profile come the parameters of the three ways the suite submits work:
+the fields of :class:`ProfileFields` (a ``msgspec.Struct``: their types carry the rules, see
+:mod:`jobs.typed`). It is validated when loaded: unknown keys, wrong types and out-of-range
+values raise ``ValueError`` with a one-line message naming the field. From a profile come
+the parameters of the three ways the suite submits work:
 
 - :func:`submitit_parameters` for ``submitit.AutoExecutor(...).update_parameters(**...)``;
 - :func:`jobqueue_parameters` for ``dask_jobqueue.SLURMCluster(**...)``;
@@ -12,15 +13,17 @@ profile come the parameters of the three ways the suite submits work:
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import shlex
 import string
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from jobs.typed import Positive, convert, message
 
 #: the cluster profiles shipped with the package (package data)
 PROFILE_DIR = Path(__file__).resolve().parent / "clusters"
@@ -32,126 +35,65 @@ DASK_DEATH_TIMEOUT_S = 60
 # Placeholders that render_sbatch fills from the profile, not from its keyword values.
 _PROFILE_PLACEHOLDERS = frozenset({"sbatch_header", "setup"})
 _OVERRIDDEN = " (with overrides)"
-_MEMORY = re.compile(r"^\d+(\.\d+)?\s*[kmgtp]i?b$", re.IGNORECASE)
-_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+OneLine = Annotated[
+    str, Meta(pattern=r"\A[^\n]*\S[^\n]*\Z", description="a non-empty one-line string")
+]
+Lines = Annotated[tuple[OneLine, ...], Meta(description="a list of non-empty one-line strings")]
+Options = Annotated[
+    dict[
+        Annotated[str, Meta(pattern=r"\A[A-Za-z][A-Za-z0-9_-]*\Z")],
+        Annotated[str, Meta(pattern=r"\A[^\n]*\Z")],
+    ],
+    Meta(description="a table of sbatch option names to strings"),
+]
+Memory = Annotated[
+    str, Meta(pattern=r"(?i)\A\d+(\.\d+)?\s*[kmgtp]i?b\Z", description="a size such as '1GB'")
+]
 
 
-@dataclass(frozen=True)
-class ClusterProfile:
+class ProfileFields(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The keys of a profile file, with their types and defaults."""
+
+    partition: OneLine
+    account: OneLine | None = None
+    qos: OneLine | None = None
+    gpus_per_node: Annotated[int, Meta(ge=0)] = 0
+    cpus_per_task: Annotated[int, Meta(ge=1)] = 1
+    mem_gb: Positive = 4.0
+    time_min: Annotated[int, Meta(ge=1)] = 60
+    signal_delay_s: Annotated[int, Meta(ge=0)] = 90
+    modules: Lines = ()
+    setup: Lines = ()
+    array_parallelism: Annotated[int, Meta(ge=1)] = 64
+    extra: Options = {}
+    dask_interface: OneLine | None = None
+    dask_cores: Annotated[int, Meta(ge=1)] = 1
+    dask_memory: Memory = "4GB"
+
+
+class ClusterProfile(ProfileFields, frozen=True):
     """A SLURM cluster to run on, validated on construction (see ``example-gpu.toml``).
 
     ``source`` names where the values came from (a file name) and prefixes every error.
     """
 
-    partition: str
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: float = 4.0
-    time_min: int = 60
-    signal_delay_s: int = 90
-    modules: tuple[str, ...] = ()
-    setup: tuple[str, ...] = ()
-    array_parallelism: int = 64
-    extra: Mapping[str, str] = field(default_factory=dict)
-    dask_interface: str | None = None
-    dask_cores: int = 1
-    dask_memory: str = "4GB"
-    source: str = field(default="<dict>", compare=False)
+    source: str = "<dict>"
 
     def __post_init__(self) -> None:
-        for name, value in _validated(self).items():
-            object.__setattr__(self, name, value)
+        where = f"profile {self.source}"
+        for field in msgspec.structs.fields(ProfileFields):  # also when built directly
+            convert(getattr(self, field.name), field.type, where, field.name)
+        if self.signal_delay_s >= 60 * self.time_min:
+            limit = f"the time limit ({60 * self.time_min} s for time_min {self.time_min})"
+            problem = message("signal_delay_s", f"must be below {limit}", self.signal_delay_s)
+            raise ValueError(f"{where}: {problem}")
 
     def with_overrides(self, **fields: Any) -> ClusterProfile:
         """A re-validated copy with some fields replaced (a sweep's ``[executor.slurm]`` table)."""
-        _check_keys(fields, self.source)
         source = self.source if self.source.endswith(_OVERRIDDEN) else self.source + _OVERRIDDEN
-        return dataclasses.replace(self, **fields, source=source)
-
-
-def _fields() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(ClusterProfile) if f.name != "source")
-
-
-def _fail(source: str, message: str) -> ValueError:
-    return ValueError(f"profile {source}: {message}")
-
-
-def _check_keys(data: Mapping[str, Any], source: str) -> None:
-    unknown = sorted(set(data) - set(_fields()))
-    if unknown:
-        raise _fail(source, f"unknown key {unknown[0]!r} (known: {', '.join(_fields())})")
-
-
-def _integer(profile: ClusterProfile, name: str, minimum: int) -> int:
-    value = getattr(profile, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(profile.source, f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _text(profile: ClusterProfile, name: str, *, optional: bool = False) -> str | None:
-    value = getattr(profile, name)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value.strip() or "\n" in value:
-        raise _fail(profile.source, f"{name} must be a non-empty one-line string, got {value!r}")
-    return value
-
-
-def _lines(profile: ClusterProfile, name: str) -> tuple[str, ...]:
-    value = getattr(profile, name)
-    if not isinstance(value, list | tuple) or not all(
-        isinstance(line, str) and line.strip() and "\n" not in line for line in value
-    ):
-        raise _fail(
-            profile.source, f"{name} must be a list of non-empty one-line strings, got {value!r}"
-        )
-    return tuple(value)
-
-
-def _validated(profile: ClusterProfile) -> dict[str, Any]:
-    """The profile's field values, checked and normalised (lists to tuples, GB to float)."""
-    source = profile.source
-    values: dict[str, Any] = {
-        "partition": _text(profile, "partition"),
-        "account": _text(profile, "account", optional=True),
-        "qos": _text(profile, "qos", optional=True),
-        "gpus_per_node": _integer(profile, "gpus_per_node", 0),
-        "cpus_per_task": _integer(profile, "cpus_per_task", 1),
-        "time_min": _integer(profile, "time_min", 1),
-        "signal_delay_s": _integer(profile, "signal_delay_s", 0),
-        "modules": _lines(profile, "modules"),
-        "setup": _lines(profile, "setup"),
-        "array_parallelism": _integer(profile, "array_parallelism", 1),
-        "dask_interface": _text(profile, "dask_interface", optional=True),
-        "dask_cores": _integer(profile, "dask_cores", 1),
-    }
-    mem_gb = profile.mem_gb
-    if isinstance(mem_gb, bool) or not isinstance(mem_gb, int | float) or not mem_gb > 0:
-        raise _fail(source, f"mem_gb must be a number > 0, got {mem_gb!r}")
-    values["mem_gb"] = float(mem_gb)
-    if values["signal_delay_s"] >= 60 * values["time_min"]:
-        raise _fail(
-            source,
-            f"signal_delay_s must be below the time limit ({60 * values['time_min']} s "
-            f"for time_min {values['time_min']}), got {values['signal_delay_s']}",
-        )
-    memory = profile.dask_memory
-    if not isinstance(memory, str) or not _MEMORY.match(memory):
-        raise _fail(source, f"dask_memory must be a size such as '1GB', got {memory!r}")
-    extra = profile.extra
-    if not isinstance(extra, Mapping) or not all(
-        isinstance(k, str) and _OPTION.match(k) and isinstance(v, str) and "\n" not in v
-        for k, v in extra.items()
-    ):
-        raise _fail(
-            source, f"extra must be a table of sbatch option names to strings, got {extra!r}"
-        )
-    values["extra"] = dict(extra)
-    return values
+        values = {name: getattr(self, name) for name in ProfileFields.__struct_fields__}
+        return profile_from_dict(values | fields, source)
 
 
 def profile_from_dict(data: Mapping[str, Any], source: str) -> ClusterProfile:
@@ -159,10 +101,8 @@ def profile_from_dict(data: Mapping[str, Any], source: str) -> ClusterProfile:
 
     ``source`` names the origin in error messages: ``profile <source>: <field> must be ...``.
     """
-    _check_keys(data, source)
-    if "partition" not in data:
-        raise _fail(source, "partition is required")
-    return ClusterProfile(**data, source=source)
+    fields = convert(dict(data), ProfileFields, f"profile {source}")
+    return ClusterProfile(**msgspec.structs.asdict(fields), source=source)
 
 
 def check_overrides(fields: Mapping[str, Any], source: str) -> None:
@@ -171,9 +111,8 @@ def check_overrides(fields: Mapping[str, Any], source: str) -> None:
     Keys, types and ranges are checked now; the signal delay against the time limit only
     when both are in the table, and again when ``with_overrides`` applies it to a profile.
     """
-    _check_keys(fields, source)
     neutral = {"partition": "any", "time_min": 10**6, "signal_delay_s": 0}
-    ClusterProfile(**{**neutral, **fields}, source=source)
+    profile_from_dict({**neutral, **fields}, source)
 
 
 def available_profiles() -> list[str]:
@@ -195,7 +134,7 @@ def load_profile(name_or_path: str | Path) -> ClusterProfile:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise _fail(path.name, f"invalid TOML: {exc}") from exc
+        raise ValueError(f"profile {path.name}: invalid TOML: {exc}") from exc
     return profile_from_dict(data, source=path.name)
 
 

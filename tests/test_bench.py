@@ -244,6 +244,22 @@ def test_direction_is_per_metric() -> None:
             r"references.zarr_io.read_gb_per_s.value must be a number > 0",
         ),
         (
+            {"references": {"zarr_io.read_gb_per_s": {"value": math.inf, "unit": "GB/s"}}},
+            r"references.zarr_io.read_gb_per_s.value must be a number > 0",
+        ),
+        (
+            {"references": {"zarr_io.read_gb_per_s": {"value": 1, "tolerance": [-math.inf, None]}}},
+            r"references.zarr_io.read_gb_per_s.tolerance must be",
+        ),
+        (
+            {
+                "references": {
+                    "zarr_io.read_gb_per_s": {"value": 1, "tolerance": [-0.5, None], "unit": "MB/s"}
+                }
+            },
+            r"references.zarr_io.read_gb_per_s.unit must be 'GB/s', got 'MB/s'",
+        ),
+        (
             {
                 "references": {
                     "zarr_io.read_gb_per_s": {"value": 1, "tolerance": [0.5], "unit": "GB/s"}

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 NODE_CHECK = REPO / "gpu" / "node-check.sh"
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 NEEDED = ("zarr", "numcodecs", "donfig", "google-crc32c", "dask", "distributed")
-NEEDED += ("dask-jobqueue", "submitit", "tornado", "partd", "locket", "tblib", "zict")
+NEEDED += ("dask-jobqueue", "submitit", "msgspec", "tornado", "partd", "locket", "tblib", "zict")
 
 
 @pytest.fixture

@@ -57,6 +57,8 @@ def test_load_by_path_equals_load_by_name() -> None:
         ({"cpus_per_task": True}, "cpus_per_task"),
         ({"mem_gb": 0}, "mem_gb"),
         ({"mem_gb": "4GB"}, "mem_gb"),
+        ({"mem_gb": float("inf")}, "mem_gb"),
+        ({"source": "elsewhere"}, "source"),  # not a key of the file: where it came from
         ({"time_min": 0}, "time_min"),
         ({"time_min": 1.5}, "time_min"),
         ({"signal_delay_s": -5}, "signal_delay_s"),

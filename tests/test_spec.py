@@ -180,6 +180,41 @@ def test_fingerprint_is_stable() -> None:
         assert load_spec(name).fingerprint() == load_spec(name).fingerprint()
 
 
+#: fingerprints measured with the hand-written checker of 922b348, before the spec's
+#: sections became msgspec structs: the stores made since must still be found
+FINGERPRINTS = {
+    "paper-entanglement": "5dc44e10b1f89af655287494a284e3841a744204629c434f934683bb2db5d0fc",
+    "paper-hubbard-rate": "2b08187676ee414dae0101fb9bbbee603488785aee25bfd72045a03891f6e269",
+    "paper-hubbard": "ee0accf408737c7ce9393cc1d86639e7a39e9a10c3e1a3fe6b2d03391a513fe7",
+    "paper-tfim": "bd4c626dc165b45d9e24a60f72f1ec5c19d3d5e5db68c64de12dd31931619f6c",
+    "quickstart": "6d0182c40bb880e354bcbf1f3b1d0bd4609e2d1d895628aae13aceb39211a67b",
+    "scale-members": "7b1bab435c99eed66f55dfc8069210a5c104e1040f70b3e0724ff56161b84ba6",
+    "scale-tfim4x4": "f61ba2406baa97428d56f39cc047e5ac8877927a88fa226fbb8faff3f6fb2a6f",
+    "scaling": "0f4d667dece3cc6ad1ce0f5acacd366f344904cfa4411f5fc2d4c68feb8c3598",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_shipped_fingerprints_are_unchanged(name: str) -> None:
+    assert load_spec(name).fingerprint() == FINGERPRINTS[name]
+
+
+def test_tiny_fingerprints_are_unchanged() -> None:
+    """As measured before the structs, integers given for numbers included (read as floats)."""
+    tiny = "aadcecfae6ee10040a31f9611751a5ef8ae7781de3df046217ba23cd19078f0c"
+    assert parse_spec(TINY).fingerprint() == tiny
+    integer_lr = patched(TINY, {"grid.lr_factors": [1], "training.tolerance": 0.01})
+    assert parse_spec(integer_lr).fingerprint() == (
+        "e86dda30ddae63c9ed4bca77acbcb507dd16a77b3a6b1a5ab17a5710571187db"
+    )
+    tiny_ent = "726e0777d98f6416668cf80850812d427d0a2eeb7ddf9afe9b6793700553063f"
+    assert parse_spec(TINY_ENT).fingerprint() == tiny_ent
+    integers = {"entanglement.cosnet_s1": 2, "entanglement.gaussnet_sb": 0, "grid.cosnet_s0": [3]}
+    assert parse_spec(patched(TINY_ENT, integers)).fingerprint() == (
+        "542d07930b076a2a6aa127c54fe1c3939dea6f76f57620ebf8e7bd5c1efb39d9"
+    )
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -264,6 +299,8 @@ def bad(name: str, base: dict[str, Any], change: dict[str, Any] | str, names: li
     return pytest.param(name, base, change, names, id=name)
 
 
+DYNAMICS = "[sweep]\nname = 'x'\nstudy = 'dynamics'\n"
+ENT = "[sweep]\nname = 'x'\nstudy = 'entanglement'\n"
 BAD_SPECS = [
     bad("unknown-section", TINY, {"plots": {"dpi": 100}}, ["plots"]),
     bad("unknown-key", TINY, {"grid.heights": [8]}, ["grid", "heights"]),
@@ -330,6 +367,14 @@ BAD_SPECS = [
     bad("tolerance-zero", TINY, {"training.tolerance": 0.0}, ["training.tolerance"]),
     # train size = D = 16 would leave an empty test set
     bad("train-size-is-dimension", TINY, {"grid.train_sizes": [16]}, ["grid.train_sizes"]),
+    bad("name-without-letters", TINY, {"sweep.name": "-"}, ["sweep.name"]),
+    # numbers are finite (TOML has inf and nan)
+    bad("nan-lr-factor", TINY, f"{DYNAMICS}[grid]\nlr_factors = [nan]\n", ["grid.lr_factors"]),
+    bad("inf-tolerance", TINY, f"{DYNAMICS}[training]\ntolerance = inf\n", ["training.tolerance"]),
+    bad("inf-cosnet-s0", TINY_ENT, f"{ENT}[grid]\ncosnet_s0 = [1.0, inf]\n", ["grid.cosnet_s0"]),
+    bad("inf-cosnet-s1", TINY_ENT, f"{ENT}[entanglement]\ncosnet_s1 = inf\n", ["cosnet_s1"]),
+    bad("nan-gaussnet-sb", TINY_ENT, f"{ENT}[entanglement]\ngaussnet_sb = nan\n", ["gaussnet_sb"]),
+    bad("inf-gaussnet-sb", TINY_ENT, f"{ENT}[entanglement]\ngaussnet_sb = inf\n", ["gaussnet_sb"]),
 ]
 
 

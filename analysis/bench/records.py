@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
 
 from analysis.bench.cases import CASES, SIZES
+from jobs.typed import FLOAT_MAX, Positive, convert, message
 
 #: the reference files of the systems, ``<system>.json`` (package data of ``analysis``)
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "references"
@@ -115,51 +117,53 @@ def previous_record(
 # -- references and comparison -----------------------------------------------------
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+#: ``[lower, upper]``: fractions of the reference, either ``None`` (unbounded)
+Tolerance = Annotated[
+    tuple[
+        Annotated[float, Meta(ge=-FLOAT_MAX, le=0)] | None,
+        Annotated[float, Meta(ge=0, le=FLOAT_MAX)] | None,
+    ],
+    Meta(description="[lower <= 0 or null, upper >= 0 or null] (fractions of the value)"),
+]
 
 
-def _check_tolerance(value: Any, where: str) -> None:
-    """``[lower, upper]``: fractions of the reference, ``lower <= 0``, ``upper >= 0``,
-    either ``None`` (unbounded)."""
-    if not (
-        isinstance(value, list)
-        and len(value) == 2
-        and (value[0] is None or (_number(value[0]) and value[0] <= 0))
-        and (value[1] is None or (_number(value[1]) and value[1] >= 0))
-    ):
-        raise ValueError(
-            f"{where}.tolerance must be [lower <= 0 or null, upper >= 0 or null] "
-            f"(fractions of the value), got {value!r}"
-        )
+class Entry(Struct, frozen=True, forbid_unknown_fields=True):
+    """The reference of one ``case.metric``; ``unit`` is the metric's declared one."""
+
+    value: Positive
+    unit: str
+    tolerance: Tolerance
+    samples: tuple[Positive, ...] = ()
+
+
+class Reference(Struct, frozen=True, forbid_unknown_fields=True):
+    """A reference file; ``references`` maps ``case.metric`` to an :class:`Entry`."""
+
+    system: str
+    size: Literal[SIZES]
+    references: dict[str, Any]
+    measured: dict[str, Any] = {}
 
 
 def load_reference(path: Path) -> dict[str, Any]:
-    """Read and check a reference file: ``system``, ``size``, ``measured`` (how and when)
-    and ``references``: ``{"case.metric": {"value": v > 0, "tolerance": [lower, upper],
-    "unit": u}}`` for declared metrics with their declared unit. ``ValueError`` (one line,
-    naming the file and the key) otherwise."""
+    """Read and check a reference file (:class:`Reference`): declared metrics with their
+    declared unit. ``ValueError`` (one line, naming the file and the key) otherwise."""
     where = f"reference {path}"
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{where}: not valid JSON: {error}") from None
-    if not isinstance(data, dict) or data.get("size") not in SIZES:
-        raise ValueError(f"{where}: size must be one of {', '.join(SIZES)}")
-    if not isinstance(data.get("references"), dict):
-        raise ValueError(f"{where}: references must be an object of case.metric entries")
-    for key, entry in data["references"].items():
+    for key, entry in convert(data, Reference, where).references.items():
         case, _, metric = key.partition(".")
         if case not in CASES or metric not in CASES[case].metrics:
             raise ValueError(f"{where}: unknown metric {key!r} (cases: {', '.join(CASES)})")
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: references.{key} must be an object")
-        value, unit = entry.get("value"), CASES[case].metrics[metric].unit
-        if not (_number(value) and value > 0):
-            raise ValueError(f"{where}: references.{key}.value must be a number > 0, got {value!r}")
-        if entry.get("unit") != unit:
-            raise ValueError(f"{where}: references.{key}.unit must be {unit!r}")
-        _check_tolerance(entry.get("tolerance"), f"{where}: references.{key}")
+        unit = CASES[case].metrics[metric].unit
+        # one entry at a time: msgspec's path of a dict value does not name its key
+        found = convert(entry, Entry, where, f"references.{key}").unit
+        if found != unit:
+            raise ValueError(
+                f"{where}: {message(f'references.{key}.unit', f'must be {unit!r}', found)}"
+            )
     return data
 
 
