@@ -102,33 +102,6 @@ def test_target_entanglement_profile(capsys: pytest.CaptureFixture[str]) -> None
     )
 
 
-def test_entanglement_command_writes_fig1_data(
-    capsys: pytest.CaptureFixture[str], tmp_path
-) -> None:
-    out_file = tmp_path / "fig1.json"
-    status, out, _ = run_cli(
-        capsys,
-        "entanglement",
-        "--n-sites",
-        "6",
-        "--members",
-        "8",
-        "--widths",
-        "50",
-        "--architectures",
-        "cosnet",
-        "--scan-s0",
-        "10",
-        "--out",
-        str(out_file),
-    )
-    assert status == 0
-    assert json.loads(out)["written"] == str(out_file)
-    data = json.loads(out_file.read_text())
-    assert data["n_sites"] == 6
-    assert len(data["page"]) == len(data["n_a"]) == 3
-
-
 def test_validate_prints_the_plan_and_creates_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
