@@ -46,7 +46,7 @@ slurm-down:
 	bash slurm/cluster.sh stop
 
 clean:
-	rm -rf $(VENV) $(NT_VENV) $(PARITY_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(NT_VENV) $(PARITY_DIR) .pytest_cache .ruff_cache build *.egg-info
 
 include mk/parity.mk
 include mk/wheelhouse.mk

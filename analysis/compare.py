@@ -15,7 +15,7 @@ import os
 import xarray as xr
 
 from suite.store import SweepStore
-from suite.supervised import CURVES
+from suite.supervised import CURVES, relative_deviation
 
 #: the aggregated (finite-width) estimate of each infinite-width curve
 FINITE_ESTIMATE = {
@@ -26,10 +26,10 @@ FINITE_ESTIMATE = {
 }
 
 
-def open_aggregated(path: str | os.PathLike[str], study: str) -> xr.Dataset:
-    """The aggregated store of a ``study`` sweep at ``path``, by dimension name."""
+def open_aggregated(path: str | os.PathLike[str], study: str | None = None) -> xr.Dataset:
+    """The aggregated store at ``path`` (of a ``study`` sweep, if given), by dimension name."""
     store = SweepStore(path)
-    if store.attrs.get("study") != study:
+    if study is not None and store.attrs.get("study") != study:
         raise ValueError(f"store {path} is not a {study} sweep")
     if "finalized_unix" not in store.attrs:
         raise ValueError(f"store {path} is not aggregated yet: run `nnqs aggregate {path}`")
@@ -46,7 +46,7 @@ def relative_deviations(data: xr.Dataset, time: str = "discrete") -> xr.DataArra
         raise ValueError(f"time must be 'discrete' or 'continuous', got {time!r}")
     infinite = data[f"infinite_{time}"]  # (train_size, lr_factor, curve, step)
     finite = xr.concat([data[FINITE_ESTIMATE[c]] for c in CURVES], dim=data["curve"])
-    deviation = abs(finite - infinite) / infinite
+    deviation = relative_deviation(finite, infinite)
     return deviation.where(deviation["step"] != data["step"][0]).transpose(
         ..., "width", "curve", "step"
     )

@@ -1,12 +1,13 @@
 """A sweep's report: its figures (PNG, PDF) and a Markdown page of tables.
 
-``write_report(store, out)`` reads an aggregated store and writes, for a
-dynamics sweep, Figs. 2 and 3, the train-set QS-NTK spectra and the deviation
-figure, with tables of the relative deviation of finite from infinite width per
-width and logged step (exact discrete steps) and its fitted exponent against
-width; for an entanglement sweep, Fig. 1 and the gaps to the Page value and to
-the GP estimate; for a kernels sweep, the empirical QS-NTK's distance from the
-infinite-width kernel per width and its exponent.
+``write_report(store, out)`` reads an aggregated store by dimension and coordinate
+names (xarray) and writes, for a dynamics sweep, Figs. 2 and 3, the train-set QS-NTK
+spectra and the deviation figure, with tables of the relative deviation of finite
+from infinite width per width and logged step (exact discrete steps) and its fitted
+exponent against width; for an entanglement sweep, Fig. 1 and the gaps to the Page
+value and to the GP estimate (with the largest GP gap in jackknife errors), and for a
+scan of CosNet's ``s0`` the crossover figure and table; for a kernels sweep, the
+empirical QS-NTK's distance from the infinite-width kernel per width and its exponent.
 """
 
 from __future__ import annotations
@@ -103,48 +104,62 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
 
 
 def _entanglement(data: xr.Dataset, out: Path) -> list[str]:
-    """Fig. 1 and, per (architecture, s0), the gaps to Page and to the GP estimate per cut;
-    for a scan of CosNet's ``s0``, the crossover figure and table at the half cut."""
+    """Fig. 1 and, per (architecture, s0), the gaps to Page and to the GP estimate per cut
+    and the largest GP gap in jackknife standard errors; for a scan of CosNet's ``s0``, the
+    crossover figure and table at the half cut (with standard errors)."""
     lines = ["## Entanglement against subsystem size (Fig. 1)", ""]
     lines += _image(figures.save(figures.entanglement_figure(data), out, "fig1"), out, "Fig. 1")
     cuts = data["cut"].values.tolist()
     header = ["width", *(f"S_vN/Page-1, N_A={c}" for c in cuts)]
-    header += [f"S_2-GP, N_A={c}" for c in cuts]
+    header += [*(f"S_2-GP, N_A={c}" for c in cuts), "max abs(S_2-GP)/sem"]
     for panel in figures.entanglement_panels(data):
         at = data.sel(panel)
         page_gap = at["mean_von_neumann"] / data["page"] - 1
         gp_gap = at["ratio_renyi2"] - at["gp_renyi2"]
+        gp_z = abs(gp_gap / at["sem_ratio_renyi2"]).max("cut")
         rows = [
             [
                 width,
                 *page_gap.sel(width=width).values.tolist(),
                 *gp_gap.sel(width=width).values.tolist(),
+                float(gp_z.sel(width=width)),
             ]
             for width in data["width"].values.tolist()
         ]
         lines += [f"### {figures.panel_title(panel)}", "", *markdown_table(header, rows), ""]
     if data.sizes["cosnet_s0"] > 1:
-        half = data.sel(architecture="cosnet", cut=max(cuts))
-        widths = data["width"].values.tolist()
-        lines += [f"## CosNet crossover at N_A = {max(cuts)}", ""]
-        lines += _image(
-            figures.save(figures.crossover_figure(data), out, "crossover"), out, "Crossover"
-        )
-        rows = [
-            [
-                s0,
-                *(float(half["mean_von_neumann"].sel(width=w, cosnet_s0=s0)) for w in widths),
-                *(float(half["ratio_renyi2"].sel(width=w, cosnet_s0=s0)) for w in widths),
-                float(half["gp_renyi2"].sel(cosnet_s0=s0)),
-            ]
-            for s0 in data["cosnet_s0"].values.tolist()
-        ]
-        header = ["s0", *(f"S_vN, width {w}" for w in widths)]
-        header += [*(f"S_2 ratio, width {w}" for w in widths), "S_2 GP"]
-        lines += markdown_table(header, rows)
-        page, haar = float(half["page"]), float(half["haar_renyi2"])
-        lines += ["", f"Page {page:.4f}, Haar S_2 {haar:.4f}.", ""]
+        lines += _crossover(data, out)
     return lines
+
+
+def _crossover(data: xr.Dataset, out: Path) -> list[str]:
+    """The CosNet crossover at the half cut: per s0 and width, mean ``S_vN`` and the replica
+    ratio with their standard errors, and the GP estimate."""
+    half = data.sel(architecture="cosnet", cut=data["cut"].values.max())
+    widths = data["width"].values.tolist()
+    lines = [f"## CosNet crossover at N_A = {int(half['cut'])}", ""]
+    lines += _image(
+        figures.save(figures.crossover_figure(data), out, "crossover"), out, "Crossover"
+    )
+
+    def with_error(name: str, sem: str, width: int, s0: float) -> str:
+        point = half.sel(width=width, cosnet_s0=s0)
+        return f"{float(point[name]):.4g} ± {float(point[sem]):.2g}"
+
+    rows = [
+        [
+            s0,
+            *(with_error("mean_von_neumann", "sem_von_neumann", w, s0) for w in widths),
+            *(with_error("ratio_renyi2", "sem_ratio_renyi2", w, s0) for w in widths),
+            float(half["gp_renyi2"].sel(cosnet_s0=s0)),
+        ]
+        for s0 in data["cosnet_s0"].values.tolist()
+    ]
+    header = ["s0", *(f"S_vN, width {w}" for w in widths)]
+    header += [*(f"S_2 ratio, width {w}" for w in widths), "S_2 GP"]
+    lines += markdown_table(header, rows)
+    page, haar = float(half["page"]), float(half["haar_renyi2"])
+    return [*lines, "", f"Page {page:.4f}, Haar S_2 {haar:.4f}.", ""]
 
 
 def _kernels(data: xr.Dataset, out: Path) -> list[str]:
@@ -187,7 +202,7 @@ SECTIONS = {"dynamics": _dynamics, "entanglement": _entanglement, "kernels": _ke
 def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
     """Figures and ``report.md`` of the aggregated sweep at ``path`` into ``out``."""
     store = SweepStore(path)
-    data = open_aggregated(path, store.attrs.get("study", ""))
+    data = open_aggregated(path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     attrs = store.attrs

@@ -101,7 +101,7 @@ def profile_from_dict(data: Mapping[str, Any], source: str) -> ClusterProfile:
 
     ``source`` names the origin in error messages: ``profile <source>: <field> must be ...``.
     """
-    fields = convert(dict(data), ProfileFields, f"profile {source}")
+    fields = convert(data, ProfileFields, f"profile {source}")
     return ClusterProfile(**msgspec.structs.asdict(fields), source=source)
 
 

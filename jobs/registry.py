@@ -73,7 +73,7 @@ class Study(ABC):
 
     Class attributes: ``name`` (the spec's ``sweep.study``), ``sections`` (the spec
     sections it takes besides ``[sweep]`` and ``[executor]``), ``grid_keys`` (the keys
-    of its ``[grid]``, in the order of its axes) and ``lowered_by`` (per memory phase,
+    of its ``[grid]``; :meth:`axes` orders the axes) and ``lowered_by`` (per memory phase,
     the spec field that lowers it, for the refusal message).
     """
 

@@ -229,17 +229,22 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
     if "sweep" not in data:
         raise SpecError(f"spec {source}: the [sweep] section is required (name and study)")
     where = f"spec {source}"
+    sweep = convert(data["sweep"], Sweep, where, "sweep", SpecError)
+    study = registry.study(sweep.study)
+    _check_applies(check, study, data)
     tables = {
         name: convert(data.get(name, {}), kind, where, name, SpecError)
         for name, kind in SECTIONS.items()
+        if name != "sweep"
     }
     if tables["executor"].slurm:
         try:
             check_overrides(tables["executor"].slurm, f"{source} [executor.slurm]")
         except ValueError as error:
             raise SpecError(f"{where}: executor.slurm: {error}") from None
-    spec = SweepSpec(**tables | {"target": _target(check, tables["target"])}, source=source)
-    _check_study(check, spec, data)
+    target = _target(check, tables.pop("target"))
+    spec = SweepSpec(sweep=sweep, target=target, **tables, source=source)
+    study.check(spec, check)
     return spec
 
 
@@ -265,21 +270,26 @@ def _target(check: SpecChecker, table: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, **dataclasses.asdict(quench)}
 
 
-def _check_study(check: SpecChecker, spec: SweepSpec, data: dict[str, Any]) -> None:
-    """Cross-field rules: settings of another study are refused, then the study's own."""
-    study = registry.study(spec.sweep.study)
+def _check_applies(check: SpecChecker, study: registry.Study, data: dict[str, Any]) -> None:
+    """Sections and grid keys of another study are refused before their values are read."""
     for section in data:
         if section not in ("sweep", "executor", *study.sections):
             raise SpecError(
                 f"spec {check.source}: [{section}] does not apply to a {study.name} study"
             )
-    for key in data.get("grid", {}):
+    grid = data.get("grid", {})
+    for key in grid if isinstance(grid, dict) else ():
         if key not in study.grid_keys:
             raise SpecError(
                 f"spec {check.source}: grid.{key} does not apply to a {study.name} study "
                 f"(its grid: {', '.join(study.grid_keys)})"
             )
-    study.check(spec, check)
+    moved = data.get("entanglement", {})
+    if isinstance(moved, dict) and "cosnet_s0" in moved:
+        raise SpecError(
+            f"spec {check.source}: entanglement.cosnet_s0 is now grid.cosnet_s0, a list "
+            f"(an axis of the grid): write grid.cosnet_s0 = [{moved['cosnet_s0']!r}]"
+        )
 
 
 def target_dimension(spec: SweepSpec) -> int:
@@ -342,5 +352,12 @@ class SpecChecker:
 
 
 def store_spec(store: SweepStore) -> SweepSpec:
-    """The spec a store was created from (re-validated)."""
-    return parse_spec(store.attrs["spec"], f"store {store.path.name}")
+    """The spec a store was created from (re-validated): a store whose spec this version
+    no longer accepts (made by an older nnqs) is refused with what to do."""
+    try:
+        return parse_spec(store.attrs["spec"], f"store {store.path.name}")
+    except SpecError as error:
+        raise SpecError(
+            f"{error} (this store was made by an nnqs whose spec format differs: run its "
+            "spec, updated, into a new store; see the README's store migrations)"
+        ) from None

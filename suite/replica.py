@@ -36,7 +36,8 @@ which agree to rounding where they overlap:
     traces accumulated block by block (:func:`write_gram_zarr`, :func:`zarr_traces`);
 (c) :func:`hamming_traces` / :func:`hamming_renyi2`: the O(N) closed form of
     docs/theory.md §6 for spin inputs, where every kernel of the suite is a function
-    ``g(h) = fn(input_kernel(N, N, N - 2h, N))`` of the Hamming distance ``h``.
+    ``g(h) = fn(input_kernel(N, N, N - 2h, N))`` of the Hamming distance ``h``;
+    :func:`nnqs_renyi2` applies it to an NNQS ensemble's NNGP.
 
 All traces are reported divided by ``D**2`` (``Tr G`` by ``D``), ``D = dim A * dim B``,
 so that the closed form stays finite for thousands of spins; for spins ``D`` is a power

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -198,6 +198,9 @@ def split_problem(
     return make_problem(nnqs, inputs, phi, train, test, spectrum)
 
 
+#: an array type with arithmetic (np.ndarray, xarray.DataArray)
+ArrayT = TypeVar("ArrayT", bound=Any)
+
 #: the four loss curves of a supervised run (docs/theory.md §5)
 CURVES = ("train_loss_of_mean", "train_mean_of_losses", "test_loss_of_mean", "test_mean_of_losses")
 
@@ -213,27 +216,11 @@ class LossCurves:
     test_loss_of_mean: np.ndarray
     test_mean_of_losses: np.ndarray
 
-    def as_dict(self) -> dict[str, list[float]]:
-        return {name: np.asarray(value).tolist() for name, value in vars(self).items()}
 
-
-def after_initialisation(curves: LossCurves) -> LossCurves:
-    """The curves without step 0, where a comparison measures the prior's sampling noise only."""
-    return LossCurves(*(np.asarray(values)[1:] for values in vars(curves).values()))
-
-
-def relative_deviation(finite: LossCurves, infinite: LossCurves) -> dict[str, float]:
-    """Largest relative deviation ``|finite - infinite| / infinite`` over the logged steps.
-
-    The study applies it after initialisation (steps >= 1) and reports step 0 apart.
-    """
-    deviations = {}
-    for name in CURVES:
-        reference = getattr(infinite, name)
-        mask = reference > 0
-        ratio = np.abs(getattr(finite, name)[mask] - reference[mask]) / reference[mask]
-        deviations[name] = float(ratio.max())
-    return deviations
+def relative_deviation(finite: ArrayT, infinite: ArrayT) -> ArrayT:
+    """``|finite - infinite| / infinite`` elementwise (NumPy or xarray, broadcast by the
+    caller's rules): how far a finite-width loss is from its infinite-width prediction."""
+    return abs(finite - infinite) / infinite
 
 
 def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:

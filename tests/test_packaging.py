@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def test_the_installed_wheel_runs_outside_the_checkout(tmp_path: Path) -> None:
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("nnqs_suite-*.whl")
+    # the wheel holds the checkout's modules, no more (a stale build/ folder would add some)
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {name for name in archive.namelist() if name.endswith(".py")}
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    packages = ("suite/", "jobs/", "analysis/", "nnqs/", "gpu/")
+    assert packed == {name for name in tracked if name.startswith(packages)}
     site = tmp_path / "site"
     subprocess.run(
         [uv, "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],

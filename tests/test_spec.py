@@ -347,7 +347,13 @@ BAD_SPECS = [
         "s0-scan-with-others",
         TINY_ENT,
         {"grid.architectures": ["cosnet", "relu"], "grid.cosnet_s0": [1.0, 2.0]},
-        ["grid.cosnet_s0", "cosnet"],
+        ["grid.cosnet_s0", "cosnet", "'relu'"],
+    ),
+    bad(
+        "s0-without-cosnet",
+        TINY_ENT,
+        {"grid.architectures": ["relu"], "grid.cosnet_s0": [2.0]},
+        ["grid.cosnet_s0", "CosNet only"],
     ),
     bad("bad-architecture", TINY_ENT, {"grid.architectures": ["cnn"]}, ["grid.architectures"]),
     bad("cosnet-s0-zero", TINY_ENT, {"grid.cosnet_s0": [1.0, 0.0]}, ["grid.cosnet_s0"]),
@@ -574,3 +580,19 @@ def test_a_store_of_another_sweep_is_left_untouched(
     assert status == 0
     assert json.loads(out)["tasks_run"] == 0
     assert tree_digest(store) == before
+
+
+def test_a_store_of_an_older_spec_format_is_refused_with_what_to_do() -> None:
+    """An entanglement store made before grid.cosnet_s0 (its spec has entanglement.cosnet_s0)."""
+    from types import SimpleNamespace
+
+    from jobs.spec import store_spec
+
+    old = patched(TINY_ENT, {"entanglement.cosnet_s0": 10.0})
+    store = SimpleNamespace(attrs={"spec": old}, path=Path("old.zarr"))
+    with pytest.raises(SpecError) as caught:
+        store_spec(store)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("spec store old.zarr: entanglement.cosnet_s0 is now grid.cosnet_s0")
+    assert "grid.cosnet_s0 = [10.0]" in message and "new store" in message
+    assert "\n" not in message

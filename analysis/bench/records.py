@@ -133,7 +133,7 @@ class Entry(Struct, frozen=True, forbid_unknown_fields=True):
     value: Positive
     unit: str
     tolerance: Tolerance
-    samples: tuple[Positive, ...] = ()
+    samples: Annotated[tuple[Positive, ...], Meta(description="a list of numbers > 0")] = ()
 
 
 class Reference(Struct, frozen=True, forbid_unknown_fields=True):

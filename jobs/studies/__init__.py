@@ -8,7 +8,8 @@ needs in memory and what a task costs. A task reads what it needs from the store
 a worker needs nothing but the store's path and its task number.
 
 * :mod:`~jobs.studies.dynamics` (paper Figs. 2-3): grid ``train_size x lr_factor x width``;
-* :mod:`~jobs.studies.entanglement` (Fig. 1): grid ``architecture x width``;
+* :mod:`~jobs.studies.entanglement` (Fig. 1, the CosNet crossover): grid
+  ``architecture x width x cosnet_s0``;
 * :mod:`~jobs.studies.kernels`: grid ``width``.
 
 :mod:`~jobs.studies.base` holds what they share (tasks, layouts, the memory check) and

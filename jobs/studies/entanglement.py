@@ -79,7 +79,7 @@ class Entanglement(Study):
 
     name = "entanglement"
     sections = ("grid", "ensemble", "entanglement")
-    grid_keys = ("widths", "architectures", "cosnet_s0")
+    grid_keys = ("architectures", "widths", "cosnet_s0")
     lowered_by: ClassVar[dict[str, str]] = {
         "preparation": "entanglement.n_sites",
         "shard": "ensemble.shard_size",
@@ -87,14 +87,18 @@ class Entanglement(Study):
     }
 
     def check(self, spec: SweepSpec, check: SpecChecker) -> None:
-        """A scan of CosNet's ``s0`` takes CosNet alone (the others do not depend on it)."""
-        if len(spec.grid.cosnet_s0) > 1 and spec.grid.architectures != ("cosnet",):
-            raise check.error(
-                "grid.cosnet_s0",
-                "scans CosNet only: with more than one value, "
-                'grid.architectures must be ["cosnet"]',
-                list(spec.grid.cosnet_s0),
+        """``grid.cosnet_s0`` is CosNet's: a scan (several values) takes CosNet alone, and
+        without CosNet in the grid it keeps its default (it would change nothing)."""
+        s0, architectures = spec.grid.cosnet_s0, spec.grid.architectures
+        if len(s0) > 1 and architectures != ("cosnet",):
+            requirement = (
+                "scans CosNet only: with more than one value, grid.architectures must be "
+                f'["cosnet"] (it is {list(architectures)})'
             )
+            raise check.error("grid.cosnet_s0", requirement, list(s0))
+        if "cosnet" not in architectures and s0 != type(spec.grid)().cosnet_s0:
+            requirement = "applies to CosNet only, and grid.architectures has no cosnet"
+            raise check.error("grid.cosnet_s0", requirement, list(s0))
 
     def axes(self, spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
         return {
