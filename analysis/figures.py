@@ -180,23 +180,7 @@ def entanglement_figure(data: xr.Dataset) -> Figure:
     for axis, panel in zip(axes[0], panels, strict=True):
         at = data.sel(panel)
         for width in data["width"].values.tolist():
-            point = at.sel(width=width)
-            axis.errorbar(
-                cuts,
-                point["mean_von_neumann"].values,
-                yerr=point["sem_von_neumann"].values,
-                fmt="o",
-                ms=4,
-                capsize=2,
-                label=f"S_vN, width {width}",
-            )
-            axis.plot(
-                cuts,
-                point["ratio_renyi2"].values,
-                "x",
-                color=axis.lines[-1].get_color(),
-                label=f"S_2 replica ratio, width {width}",
-            )
+            _finite_entropies(axis, cuts, at.sel(width=width), width, "o")
         axis.plot(cuts, at["gp_renyi2"].values, "s--", label="S_2, GP estimate")
         axis.plot(cuts, data["page"].values, "k-", label="Page")
         axis.plot(cuts, data["haar_renyi2"].values, "k:", label="Haar S_2")
@@ -207,6 +191,27 @@ def entanglement_figure(data: xr.Dataset) -> Figure:
     return figure
 
 
+def _finite_entropies(axis: Any, x: np.ndarray, point: xr.Dataset, width: int, fmt: str) -> None:
+    """A finite-width ensemble's mean ``S_vN`` with its standard errors and, in the same
+    colour, its replica ratio, against ``x``."""
+    axis.errorbar(
+        x,
+        point["mean_von_neumann"].values,
+        yerr=point["sem_von_neumann"].values,
+        fmt=fmt,
+        ms=4,
+        capsize=2,
+        label=f"S_vN, width {width}",
+    )
+    axis.plot(
+        x,
+        point["ratio_renyi2"].values,
+        "x",
+        color=axis.lines[-1].get_color(),
+        label=f"S_2 replica ratio, width {width}",
+    )
+
+
 def crossover_figure(data: xr.Dataset) -> Figure:
     """The CosNet crossover: entropies at the half cut against ``s0`` (log axis), per
     width, with the GP estimate and the Page and Haar Renyi-2 values (docs/theory.md §6)."""
@@ -214,23 +219,7 @@ def crossover_figure(data: xr.Dataset) -> Figure:
     s0 = data["cosnet_s0"].values
     figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
     for width in data["width"].values.tolist():
-        point = half.sel(width=width)
-        axis.errorbar(
-            s0,
-            point["mean_von_neumann"].values,
-            yerr=point["sem_von_neumann"].values,
-            fmt="o-",
-            ms=4,
-            capsize=2,
-            label=f"S_vN, width {width}",
-        )
-        axis.plot(
-            s0,
-            point["ratio_renyi2"].values,
-            "x",
-            color=axis.lines[-1].get_color(),
-            label=f"S_2 replica ratio, width {width}",
-        )
+        _finite_entropies(axis, s0, half.sel(width=width), width, "o-")
     axis.plot(s0, half["gp_renyi2"].values, "s--", label="S_2, GP estimate")
     axis.axhline(float(half["page"]), color="k", label="Page")
     axis.axhline(float(half["haar_renyi2"]), color="k", ls=":", label="Haar S_2")
