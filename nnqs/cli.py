@@ -11,7 +11,10 @@
     nnqs aggregate runs/quickstart.zarr [--cluster slurm]
     nnqs report runs/quickstart.zarr --out runs/quickstart.report
 
-Errors are one line on stderr (exit status 2); ``--debug`` shows the traceback.
+Exit status (``nnqs --help`` and the README list it): 0 done (or submitted); 1 some
+tasks failed or are corrupt (``run``, ``resubmit``, ``status``); 2 bad input, named in
+one line on stderr before anything runs (``--debug`` shows the traceback); 130
+interrupted (Ctrl-C). So ``sbatch --dependency=afterok`` chains and CI see failures.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -90,6 +94,25 @@ def _cmd_demo(args: argparse.Namespace) -> Any:
     return run_demo(train_size=args.train_size, width=args.width, depth=args.depth)
 
 
+#: exit status: some tasks failed or are corrupt; bad input; interrupted
+EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+EPILOG = (
+    "exit status: 0 done; 1 some tasks failed or are corrupt (run, resubmit, status); "
+    "2 bad input (one line on stderr, before anything runs); 130 interrupted"
+)
+
+
+def positive_int(text: str) -> int:
+    """An option's value: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def _run_executor(
     spec: Any, path: Any, todo: list[int], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -155,6 +178,15 @@ def report_folder(store: Any) -> Any:
     return Path(f"{store}.report")
 
 
+def _check_executor(spec: Any) -> None:
+    """What the executor needs, checked before a store is created: a SLURM run's cluster
+    profile loads (``ValueError`` naming it otherwise)."""
+    if spec.executor.kind == "slurm":
+        from jobs.profiles import load_profile
+
+        load_profile(spec.executor.profile)
+
+
 def _cmd_report(args: argparse.Namespace) -> Any:
     from analysis.report import write_report
 
@@ -173,11 +205,14 @@ def _cmd_run(args: argparse.Namespace) -> Any:
         kind=args.executor, processes=args.processes, profile=args.profile, ranks=args.ranks
     )
     path = Path(args.store) if args.store else default_store(spec)
+    _check_executor(spec)
     rank, size = executors.mpi_world()
     if spec.executor.kind == "mpi" and size == 1 and spec.executor.ranks > 1:
         argv = ["run", args.spec, "--executor", "mpi", "--store", str(path)]
         argv += ["--ranks", str(spec.executor.ranks)] + (["--no-aggregate"] * args.no_aggregate)
         code = executors.relaunch_under_mpi(spec.executor.ranks, argv)
+        if code == EXIT_TASKS_FAILED:
+            raise SystemExit(code)  # its rank 0 has reported which
         if code != 0:
             raise ValueError(f"the MPI run exited with status {code} (see its output above)")
         return None  # its rank 0 has reported
@@ -249,6 +284,7 @@ def _cmd_resubmit(args: argparse.Namespace) -> Any:
     spec = store_spec(store).with_executor(
         kind=args.executor, processes=args.processes, profile=args.profile
     )
+    _check_executor(spec)
     todo = task_states(store, verify=True).todo()
     summary = _run_executor(spec, store.path, todo, args) if todo else {"tasks_run": 0}
     return _finish(store, args, {"resubmitted": todo, **summary})
@@ -271,10 +307,10 @@ def _executor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor", choices=("local", "slurm", "mpi"), help="override the spec's executor.kind"
     )
-    parser.add_argument("--processes", type=int, help="local: worker processes")
+    parser.add_argument("--processes", type=positive_int, help="local: worker processes")
     parser.add_argument("--profile", help="slurm: cluster profile name or path (jobs/clusters)")
     parser.add_argument(
-        "--tasks-per-job", type=int, default=1, help="slurm: tasks per array element"
+        "--tasks-per-job", type=positive_int, default=1, help="slurm: tasks per array element"
     )
     parser.add_argument(
         "--no-wait", action="store_true", help="slurm: submit and return (then `nnqs status`)"
@@ -286,9 +322,12 @@ def _executor_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nnqs", description="Infinite neural network quantum states at HPC scale."
+        prog="nnqs",
+        description="Infinite neural network quantum states at HPC scale.",
+        epilog=EPILOG,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"nnqs {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_target_commands(commands)
     _add_sweep_commands(commands)
@@ -319,9 +358,9 @@ def _add_target_commands(commands: Any) -> None:
     target.set_defaults(run=_cmd_target)
 
     demo = commands.add_parser("demo", help="small local demo: target, kernels, summary")
-    demo.add_argument("--train-size", type=int, default=128)
-    demo.add_argument("--width", type=int, default=1024)
-    demo.add_argument("--depth", type=int, default=1)
+    demo.add_argument("--train-size", type=positive_int, default=128)
+    demo.add_argument("--width", type=positive_int, default=1024)
+    demo.add_argument("--depth", type=positive_int, default=1)
     demo.set_defaults(run=_cmd_demo)
 
 
@@ -330,7 +369,7 @@ def _add_sweep_commands(commands: Any) -> None:
     run = commands.add_parser("run", help="run a sweep spec into its Zarr store (resumes)")
     run.add_argument("spec", help="spec file, or the name of one in jobs/specs (quickstart)")
     run.add_argument("--store", help="store path (default runs/<sweep name>.zarr)")
-    run.add_argument("--ranks", type=int, help="mpi: number of ranks to launch")
+    run.add_argument("--ranks", type=positive_int, help="mpi: number of ranks to launch")
     _executor_options(run)
     run.set_defaults(run=_cmd_run)
 
@@ -368,7 +407,7 @@ def _add_sweep_commands(commands: Any) -> None:
     aggregate.add_argument("--cluster", choices=("local", "slurm"), default="local")
     aggregate.add_argument("--scheduler", help="address of a running Dask scheduler")
     aggregate.add_argument("--profile", default="local", help="slurm: cluster profile")
-    aggregate.add_argument("--workers", type=int, default=1, help="slurm: Dask workers")
+    aggregate.add_argument("--workers", type=positive_int, default=1, help="slurm: Dask workers")
     aggregate.set_defaults(run=_cmd_aggregate)
 
     report = commands.add_parser(
@@ -379,25 +418,48 @@ def _add_sweep_commands(commands: Any) -> None:
     report.set_defaults(run=_cmd_report)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nnqs-suite")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.run(args)
+    except KeyboardInterrupt:
+        print("nnqs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, TypeError, OSError) as error:
         if args.debug:
             raise
         print(f"nnqs: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if result is not None:
         _print_json(result)
-    return 0
+    return EXIT_TASKS_FAILED if _tasks_failed(result) else 0
+
+
+def _tasks_failed(result: Any) -> bool:
+    """Whether a command's answer counts failed or corrupt tasks."""
+    counts = result.get("tasks") if isinstance(result, dict) else None
+    return isinstance(counts, dict) and counts.get("failed", 0) + counts.get("corrupt", 0) > 0
 
 
 def _print_json(result: Any) -> None:
-    json.dump(result, sys.stdout, indent=2, default=_json_default)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    """``result`` as JSON on stdout; a reader that went away (``| head``) ends it quietly."""
+    try:
+        json.dump(result, sys.stdout, indent=2, default=_json_default)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader closed the pipe: send what is left to /dev/null, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _json_default(value: Any) -> Any:

@@ -40,7 +40,11 @@ max_steps = {max_steps}
 
 
 def run_nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600) -> Any:
-    """``nnqs ARGV`` in a fresh process; its JSON answer (``{}`` when it printed none)."""
+    """``nnqs ARGV`` in a fresh process; its JSON answer (``{}`` when it printed none).
+
+    Its exit status must be the documented one: 1 when the answer counts failed or
+    corrupt tasks, 0 otherwise (bad input, 2, fails here).
+    """
     result = subprocess.run(
         [sys.executable, "-m", "nnqs", *argv],
         capture_output=True,
@@ -49,8 +53,12 @@ def run_nnqs(*argv: str, env: dict[str, str] | None = None, timeout: float = 600
         timeout=timeout,
         check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout) if result.stdout.strip() else {}
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    answer = json.loads(result.stdout) if result.stdout.strip() else {}
+    counts = answer.get("tasks", {}) if isinstance(answer, dict) else {}
+    problems = counts.get("failed", 0) + counts.get("corrupt", 0)
+    assert result.returncode == (1 if problems else 0), (result.returncode, counts)
+    return answer
 
 
 def results(path: Path) -> dict[str, np.ndarray]:

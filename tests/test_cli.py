@@ -151,3 +151,66 @@ def test_validate_of_a_bad_spec_names_the_field(
     status, out, err = run_cli(capsys, "validate", str(spec))
     assert status == 2 and out == ""
     assert "grid.widths" in err and "bad.toml" in err
+
+
+# ---------------------------------------------------------------------------------------
+# exit status and scripting
+# ---------------------------------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"nnqs {version('nnqs-suite')}"
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--processes", "0"], "--processes"),
+        (["--tasks-per-job", "0", "--executor", "slurm"], "--tasks-per-job"),
+        (["--tasks-per-job", "-1", "--no-wait", "--executor", "slurm"], "--tasks-per-job"),
+        (["--ranks", "0", "--executor", "mpi"], "--ranks"),
+        (["--processes", "two"], "--processes"),
+    ],
+    ids=lambda value: "_".join(value) if isinstance(value, list) else value,
+)
+def test_executor_options_are_checked_before_anything_runs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], named: str
+) -> None:
+    store = tmp_path / "never.zarr"
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "quickstart", "--store", str(store), *options])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert named in error and "must be an integer >= 1" in error
+    assert list(tmp_path.iterdir()) == []  # no store
+
+
+def test_an_unknown_cluster_profile_is_refused_before_the_store_exists(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "never.zarr"
+    argv = ["run", "quickstart", "--store", str(store), "--executor", "slurm"]
+    status, _, err = run_cli(capsys, *argv, "--profile", "nosuchcluster")
+    assert status == 2
+    assert err.count("\n") == 1 and "nosuchcluster" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None:
+    """``nnqs validate quickstart | true``: the reader exits before the JSON is written;
+    no BrokenPipeError traceback, and the command's own status stands."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m nnqs validate quickstart | true; "
+         "echo ${PIPESTATUS[0]} >&2"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "0"

@@ -205,6 +205,34 @@ def test_the_report_reads_no_basis_sized_array(tmp_path: Path, reference: Path) 
 
 
 @pytest.mark.slow
+def test_ctrl_c_ends_a_run_in_one_line_with_status_130(tmp_path: Path) -> None:
+    """SIGINT mid-sweep: one line on stderr, exit status 130, and a consistent store (the
+    interrupted task is marked failed, none is left running; ``resubmit`` redoes it)."""
+    spec_path = _spec_file(tmp_path, dynamics(max_steps=40))
+    store_path = tmp_path / "interrupted.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnqs", "run", str(spec_path), "--store", str(store_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if (store_path / "zarr.json").exists():
+            if any(r.state == "done" for r in SweepStore(store_path).records()):
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "nnqs: interrupted"
+    counts = run_nnqs("status", str(store_path))["tasks"]
+    assert counts["running"] == 0 and counts["done"] < 8
+    assert counts["failed"] <= 1  # at most the task it was computing
+
+
+@pytest.mark.slow
 def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
     tmp_path: Path, reference: Path
 ) -> None:
