@@ -123,7 +123,7 @@ def test_a_study_defined_here_runs_through_the_engine(
     chunk = next(p for p in (store / "norm").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(bytes(b ^ 0xFF for b in chunk.read_bytes()))
     status, report = nnqs(capsys, "status", str(store), "--verify")
-    assert status == 0 and report["tasks"]["corrupt"] == 1
+    assert status == 1 and report["tasks"]["corrupt"] == 1  # exit status 1: a corrupt task
     status, again = nnqs(capsys, "resubmit", str(store), "--no-aggregate")
     assert status == 0 and len(again["resubmitted"]) == 1 and again["tasks"]["done"] == 6
     np.testing.assert_array_equal(SweepStore(store).read("norm"), expected)
