@@ -31,7 +31,7 @@ def open_aggregated(path: str | os.PathLike[str], study: str | None = None) -> x
     store = SweepStore(path)
     if study is not None and store.attrs.get("study") != study:
         raise ValueError(f"store {path} is not a {study} sweep")
-    if "finalized_unix" not in store.attrs:
+    if not store.aggregated:
         raise ValueError(f"store {path} is not aggregated yet: run `nnqs aggregate {path}`")
     return xr.open_zarr(store.path)
 

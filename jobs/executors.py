@@ -16,14 +16,17 @@ what differs is where that runs:
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,6 @@ import submitit
 from jobs.progress import ProgressBar
 from jobs.spec import SweepSpec
 from jobs.sweep import execute_task
-from suite.store import SweepStore
 
 #: tasks per SLURM array element, unless the spec's executor says otherwise
 DEFAULT_TASKS_PER_JOB = 1
@@ -45,43 +47,82 @@ MAX_IDLE_RUNS = 3
 
 @dataclass(frozen=True)
 class RunReport:
-    """What an executor did: tasks finished and failed (with the error), seconds."""
+    """What an executor did: tasks it finished, tasks it left to another runner (which
+    held or had finished them: :func:`jobs.claims.claim_task`), failed tasks (with the
+    error), seconds, SLURM job ids."""
 
     done: list[int]
     failed: dict[int, str]
     seconds: float
     jobs: list[str]
+    elsewhere: list[int] = field(default_factory=list)
 
 
 def run_local(
     path: Path, tasks: Sequence[int], processes: int = 1, progress: bool = True
 ) -> RunReport:
-    """Run ``tasks`` here: in-process, or in ``processes`` spawned worker processes."""
+    """Run ``tasks`` here: in-process, or in ``processes`` spawned worker processes.
+
+    On Ctrl-C (``KeyboardInterrupt``) the queued tasks are cancelled and the workers
+    ended before the interrupt propagates; workers ignore SIGINT themselves (the
+    parent decides) and die with their parent, even one killed by SIGKILL. A task
+    cut short stays ``running`` in the manifest with a dead owner, so it counts as
+    failed and the next run recomputes it.
+    """
     clock = time.perf_counter()
     bar = ProgressBar(len(tasks), f"run {path.name}", enabled=progress)
-    done: list[int] = []
+    ran: dict[int, bool] = {}
     failed: dict[int, str] = {}
     if processes == 1:
         for task in tasks:
             try:
-                execute_task(path, task)
-                done.append(task)
+                ran[task] = execute_task(path, task)
             except Exception as error:
                 failed[task] = f"{type(error).__name__}: {error}"
             bar.advance(note=f"task {task}")
     else:
-        with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(
+            processes,
+            mp_context=get_context("spawn"),
+            initializer=_worker_setup,
+            initargs=(os.getpid(),),
+        )
+        try:
             futures = {pool.submit(execute_task, path, task): task for task in tasks}
             for future in as_completed(futures):
                 task = futures[future]
                 try:
-                    future.result()
-                    done.append(task)
+                    ran[task] = future.result()
                 except Exception as error:
                     failed[task] = f"{type(error).__name__}: {error}"
                 bar.advance(note=f"task {task}")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in multiprocessing.active_children():
+                worker.kill()
+            raise
+        pool.shutdown()
     bar.close()
-    return RunReport(sorted(done), failed, time.perf_counter() - clock, [])
+    done = sorted(task for task, computed in ran.items() if computed)
+    elsewhere = sorted(task for task, computed in ran.items() if not computed)
+    return RunReport(done, failed, time.perf_counter() - clock, [], elsewhere)
+
+
+def _worker_setup(parent: int) -> None:
+    """A pool worker: SIGINT is its parent's to handle, and it dies with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent (pid ``parent``) ends
+    (``PR_SET_PDEATHSIG``); elsewhere nothing. If the parent is already gone, end now."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class ShardJob(submitit.helpers.Checkpointable):
@@ -100,18 +141,16 @@ class ShardJob(submitit.helpers.Checkpointable):
         self.finished_this_run = 0
         self.idle_runs = 0  # pickled with the requeued call: counts across runs
 
-    def __call__(self, tasks: Sequence[int]) -> list[str]:
+    def __call__(self, tasks: Sequence[int]) -> list[int]:
+        """Run the group; return the tasks this run computed (:func:`execute_task` leaves
+        one another runner holds, or one done and intact)."""
         self.finished_this_run = 0
-        records = {r.task: r for r in SweepStore(self.path).records()}
-        checksums = []
+        computed = []
         for task in tasks:
-            record = records[task]
-            if record.state == "done" and record.checksum:
-                checksums.append(record.checksum)
-                continue
-            checksums.append(execute_task(self.path, task))
-            self.finished_this_run += 1
-        return checksums
+            if execute_task(self.path, task):
+                computed.append(task)
+                self.finished_this_run += 1
+        return computed
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
         self.idle_runs = 0 if self.finished_this_run else self.idle_runs + 1
@@ -150,7 +189,7 @@ def submit_slurm(
     )
     executor.update_parameters(name=f"nnqs-{spec.sweep.name}", **submitit_parameters(profile))
     groups = [list(tasks[i : i + tasks_per_job]) for i in range(0, len(tasks), tasks_per_job)]
-    jobs = executor.map_array(ShardJob(str(path)), groups)
+    jobs = _submit_array(executor, ShardJob(str(path)), groups)
     ids = [job.job_id for job in jobs]
     done: list[int] = []
     failed: dict[int, str] = {}
@@ -166,6 +205,47 @@ def submit_slurm(
             bar.advance()
         bar.close()
     return RunReport(sorted(done), failed, time.perf_counter() - clock, ids)
+
+
+def _submit_array(
+    executor: submitit.AutoExecutor, job: ShardJob, groups: list[list[int]]
+) -> list[submitit.Job[Any]]:
+    """``executor.map_array(job, groups)``; when SLURM refuses the array, the files
+    submitit wrote for it are removed and a ``ValueError`` gives sbatch's reason."""
+    folder = Path(str(executor.folder)).parent  # <store>.slurm (the %j is per job)
+    before = set(folder.rglob("*")) if folder.exists() else set()
+    try:
+        return executor.map_array(job, groups)
+    except Exception as error:
+        for leftover in sorted(set(folder.rglob("*")) - before, reverse=True):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        if not before and folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+        reason = " ".join(str(getattr(error, "stderr", "") or error).split())
+        raise ValueError(f"SLURM refused the job array: {reason[:300]}") from None
+
+
+def check_slurm_controller() -> None:
+    """SLURM's commands are on PATH and its controller answers ``scontrol ping``; else a
+    ``ValueError`` that says which (checked before a store is created)."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise ValueError("executor.kind = 'slurm' needs SLURM's sbatch and scontrol on PATH")
+    try:
+        result = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ValueError("the SLURM controller did not answer `scontrol ping` in 60 s") from None
+    answer = (result.stdout + result.stderr).strip().splitlines()
+    if result.returncode != 0 or not answer or "UP" not in answer[0]:
+        raise ValueError(
+            f"the SLURM controller is not reachable (`scontrol ping`: "
+            f"{answer[0] if answer else 'no answer'}); check that slurmctld runs and "
+            "SLURM_CONF points at its configuration"
+        )
 
 
 def log_folder(path: Path) -> Path:

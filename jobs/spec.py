@@ -95,7 +95,7 @@ class Grid(Section):
 
     widths: Axis[Annotated[int, Meta(ge=1, le=2**20)]] = (64, 256)
     train_sizes: Axis[Annotated[int, Meta(ge=1)]] = (128,)
-    lr_factors: Axis[Annotated[float, Meta(gt=0, lt=2)]] = (0.5,)
+    lr_factors: Axis[Annotated[float, Meta(gt=0, lt=1)]] = (0.5,)  # eta < eta_max: §5
     architectures: Axis[networks.Architecture] = ARCHITECTURES
     #: CosNet input scales: an axis of the entanglement study (the s0 crossover)
     cosnet_s0: Annotated[Axis[Positive], Meta(description="a non-empty list of numbers > 0")] = (

@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from jobs.claims import claim_task, owner_alive, slurm_jobs
 from jobs.registry import study
 from jobs.spec import SweepSpec, store_spec
 from jobs.studies import check_memory, expand, write_grams
-from suite.store import StoreError, SweepStore
+from suite.store import StoreError, SweepStore, remove_orphan_staging
 
 STATES = ("pending", "running", "done", "failed", "corrupt")
 
@@ -42,38 +40,43 @@ def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
     """The sweep's store at ``path``: created (and prepared) if missing, else checked.
 
     A store of another spec (a different :meth:`SweepSpec.fingerprint`) is refused;
-    the executor settings may differ. Creation is atomic: on any error nothing is left.
+    the executor settings may differ. Creation is atomic: on any error nothing is left,
+    and a creation that a killed process left half-done is cleaned up here.
     """
     path = Path(path)
-    if path.exists():
-        store = SweepStore(path)
-        if store.attrs["fingerprint"] != spec.fingerprint():
-            held = store.attrs.get("spec", {}).get("sweep", {}).get("name", "?")
-            raise StoreError(
-                f"store {path} holds another sweep ({held!r}, fingerprint "
-                f"{store.attrs['fingerprint'][:12]}), not spec {spec.source} "
-                f"({spec.fingerprint()[:12]}); pass another --store or remove it"
-            )
-        return store
-    check_memory(spec)
-    layout = study(spec.sweep.study).layout(spec)
-    return SweepStore.create(
-        path,
-        layout.arrays,
-        {"spec": spec.to_dict(), "study": spec.sweep.study, **layout.attrs},
-        spec.fingerprint(),
-        len(expand(spec)),
-        layout.initial,
-        populate=lambda group: write_grams(group, layout),
-    )
+    if not path.exists():
+        check_memory(spec)
+        layout = study(spec.sweep.study).layout(spec)
+        SweepStore.create(
+            path,
+            layout.arrays,
+            {"spec": spec.to_dict(), "study": spec.sweep.study, **layout.attrs},
+            spec.fingerprint(),
+            len(expand(spec)),
+            layout.initial,
+            populate=lambda group: write_grams(group, layout),
+        )
+    remove_orphan_staging(path)
+    store = SweepStore(path)
+    if store.attrs["fingerprint"] != spec.fingerprint():
+        held = store.attrs.get("spec", {}).get("sweep", {}).get("name", "?")
+        raise StoreError(
+            f"store {path} holds another sweep ({held!r}, fingerprint "
+            f"{store.attrs['fingerprint'][:12]}), not spec {spec.source} "
+            f"({spec.fingerprint()[:12]}); pass another --store or remove it"
+        )
+    return store
 
 
-def execute_task(path: str | os.PathLike[str], task_id: int) -> str:
-    """Run task ``task_id`` of the sweep at ``path``; record it; return its checksum.
+def execute_task(path: str | os.PathLike[str], task_id: int) -> bool:
+    """Run task ``task_id`` of the sweep at ``path`` and record it; True if this call ran it.
 
-    The manifest says ``running`` while it works, then ``done`` with the checksum of
-    its regions read back (and seconds, devices, host, SLURM ids), or ``failed`` with
-    the error, which is re-raised.
+    The task is first claimed (:func:`jobs.claims.claim_task`): it is left alone (False)
+    when another live runner holds it, or when the manifest says ``done`` and its
+    regions still match their checksum (another runner finished it since the caller
+    looked). Otherwise the manifest says ``running`` while it works, then ``done`` with
+    the checksum of its regions read back (and seconds, devices, host, SLURM ids), or
+    ``failed`` with the error, which is re-raised.
     """
     store = SweepStore(path)
     spec = store_spec(store)
@@ -81,23 +84,29 @@ def execute_task(path: str | os.PathLike[str], task_id: int) -> str:
     if not (0 <= task_id < len(tasks)):
         raise ValueError(f"task must be in [0, {len(tasks)}), got {task_id}")
     task = tasks[task_id]
-    store.record(task_id, "running")
-    clock = time.perf_counter()
-    try:
-        regions = study(spec.sweep.study).run(spec, store, task)
-    except BaseException as error:
-        store.record(task_id, "failed", error=f"{type(error).__name__}: {error}")
-        raise
-    checksum = store.checksum(regions)
-    store.record(
-        task_id,
-        "done",
-        checksum=checksum,
-        regions=[[name, [[s.start, s.stop] for s in region]] for name, region in regions],
-        seconds=round(time.perf_counter() - clock, 3),
-        devices=[str(device) for device in jax.devices()],
-    )
-    return checksum
+    with claim_task(store.path, task_id) as claim:
+        if not claim.held:
+            return False
+        record = store.record_of(task_id)
+        if record.state == "done" and intact(store, record.info):
+            return False
+        store.record(task_id, "running")
+        clock = time.perf_counter()
+        try:
+            regions = study(spec.sweep.study).run(spec, store, task)
+        except BaseException as error:
+            store.record(task_id, "failed", error=f"{type(error).__name__}: {error}")
+            raise
+        checksum = store.checksum(regions)
+        store.record(
+            task_id,
+            "done",
+            checksum=checksum,
+            regions=[[name, [[s.start, s.stop] for s in region]] for name, region in regions],
+            seconds=round(time.perf_counter() - clock, 3),
+            devices=[str(device) for device in jax.devices()],
+        )
+    return True
 
 
 @dataclass(frozen=True)
@@ -127,19 +136,20 @@ def task_states(store: SweepStore, verify: bool = False) -> SweepStatus:
     mismatch (or an unreadable chunk) makes it ``corrupt``.
     """
     states, records = {}, {}
-    queue = functools.cache(_slurm_jobs)  # asked once, and only for a running SLURM task
+    queue = functools.cache(slurm_jobs)  # asked once, and only for a running SLURM task
     for record in store.records():
         state, info = record.state, dict(record.info)
-        if state == "running" and not _owner_alive(info, queue):
+        if state == "running" and not owner_alive(info, queue):
             state = "failed"
             info["error"] = "its process or SLURM job ended without finishing it"
-        if state == "done" and verify and not _intact(store, info):
+        if state == "done" and verify and not intact(store, info):
             state = "corrupt"
         states[record.task], records[record.task] = state, info
     return SweepStatus(states, records)
 
 
-def _intact(store: SweepStore, info: dict[str, Any]) -> bool:
+def intact(store: SweepStore, info: dict[str, Any]) -> bool:
+    """Whether a done task's regions (its manifest record ``info``) match their checksum."""
     regions = [
         (name, tuple(slice(a, b) for a, b in bounds)) for name, bounds in info.get("regions", [])
     ]
@@ -147,43 +157,6 @@ def _intact(store: SweepStore, info: dict[str, Any]) -> bool:
         return bool(regions) and store.checksum(regions) == info.get("checksum")
     except Exception:  # a chunk that no longer decodes is corruption too
         return False
-
-
-def _owner_alive(info: dict[str, Any], queue: Callable[[], set[str] | None]) -> bool:
-    slurm = info.get("slurm")
-    if slurm and "job_id" in slurm:
-        queued = queue()
-        return True if queued is None else slurm["job_id"] in queued
-    if info.get("host") != socket.gethostname():
-        return True  # another machine's process: trust the record
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, KeyError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return _not_zombie(int(info["pid"]))
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] != "Z"
-
-
-def _slurm_jobs() -> set[str] | None:
-    """Ids of the SLURM jobs in the queue (array tasks under their own ids), or None."""
-    try:
-        result = subprocess.run(
-            ["squeue", "-h", "-o", "%A %i"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return {token for line in result.stdout.split() for token in line.split()}
 
 
 def finalize(store: SweepStore, scheduler: str | None = None, progress: bool = True) -> None:

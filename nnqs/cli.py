@@ -7,7 +7,8 @@
     nnqs run paper-tfim --executor slurm --store /scratch/paper-tfim.zarr
     nnqs validate paper-tfim                # grid, tasks, memory, time per task; runs nothing
     nnqs status runs/quickstart.zarr [--verify]
-    nnqs resubmit runs/quickstart.zarr
+    nnqs resubmit runs/quickstart.zarr     # local unless --executor says otherwise
+    nnqs repair runs/quickstart.zarr [--spec quickstart]
     nnqs aggregate runs/quickstart.zarr [--cluster slurm]
     nnqs report runs/quickstart.zarr --out runs/quickstart.report
 
@@ -137,31 +138,42 @@ def _run_executor(
         "executor": kind,
         "tasks_run": len(report.done),
         "failed": {str(k): v for k, v in report.failed.items()},
+        **({"left_to_other_runners": report.elsewhere} if report.elsewhere else {}),
         "seconds": round(report.seconds, 2),
         **({"slurm_jobs": report.jobs} if report.jobs else {}),
     }
 
 
 def _finish(store: Any, args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any] | None:
-    """Aggregate (rank 0, all tasks done) and report the store's state."""
+    """Aggregate (rank 0, all tasks done) and report the store's state.
+
+    Concurrent runners of one store aggregate once: the aggregation is claimed like a
+    task, and a runner that finds it claimed by a live one leaves it to that one.
+    """
     from jobs import executors
+    from jobs.claims import claim_task
     from jobs.sweep import finalize, task_states
 
     if executors.mpi_world()[0] != 0:
         return None  # rank 0 reports
     status = task_states(store)
-    aggregated = status.complete and not args.no_aggregate
-    report = None
-    if aggregated:
-        from analysis.report import write_report
+    aggregated, report, note = False, None, {}
+    if status.complete and not args.no_aggregate:
+        with claim_task(store.path, "aggregation") as claim:
+            if claim.held:
+                from analysis.report import write_report
 
-        finalize(store)
-        report = write_report(store.path, report_folder(store.path))
+                finalize(store)
+                report = write_report(store.path, report_folder(store.path))
+                aggregated = True
+            else:
+                note = {"aggregation": f"left to another runner: {claim.describe()}"}
     return {
         "store": str(store.path),
         **summary,
         "tasks": status.counts(),
         "aggregated": aggregated,
+        **note,
         **({"report": str(report)} if report else {}),
         "next": (
             f"xarray.open_zarr({str(store.path)!r})"
@@ -180,11 +192,13 @@ def report_folder(store: Any) -> Any:
 
 def _check_executor(spec: Any) -> None:
     """What the executor needs, checked before a store is created: a SLURM run's cluster
-    profile loads (``ValueError`` naming it otherwise)."""
+    profile loads and its controller answers (``ValueError`` naming what fails)."""
     if spec.executor.kind == "slurm":
+        from jobs.executors import check_slurm_controller
         from jobs.profiles import load_profile
 
         load_profile(spec.executor.profile)
+        check_slurm_controller()
 
 
 def _cmd_report(args: argparse.Namespace) -> Any:
@@ -199,7 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> Any:
 
     from jobs import executors
     from jobs.spec import load_spec
-    from jobs.sweep import default_store, open_sweep, task_states
+    from jobs.sweep import default_store, open_sweep
 
     spec = load_spec(args.spec).with_executor(
         kind=args.executor, processes=args.processes, profile=args.profile, ranks=args.ranks
@@ -221,9 +235,19 @@ def _cmd_run(args: argparse.Namespace) -> Any:
     executors.mpi_barrier()
     if rank != 0:
         store = open_sweep(spec, path)
-    todo = executors.mpi_broadcast(task_states(store).todo() if rank == 0 else None)
+    todo = executors.mpi_broadcast(_todo(store) if rank == 0 else None)
     summary = _run_executor(spec, path, todo, args) if todo else {"tasks_run": 0}
     return _finish(store, args, summary)
+
+
+def _todo(store: Any) -> list[int]:
+    """The tasks to (re)compute, every done one verified against its checksum, after the
+    prepared arrays are checked (and rebuilt from the spec if damaged)."""
+    from jobs.repair import repair_prepared
+    from jobs.sweep import task_states
+
+    repair_prepared(store)
+    return task_states(store, verify=True).todo()
 
 
 def _cmd_validate(args: argparse.Namespace) -> Any:
@@ -266,28 +290,36 @@ def _cmd_status(args: argparse.Namespace) -> Any:
         for task, state in status.states.items()
         if state in ("failed", "corrupt")
     }
+    if args.verify:
+        problems.update({name: "prepared array damaged" for name in store.damaged_prepared()})
     return {
         "store": str(store.path),
         "sweep": store_spec(store).sweep.name,
         "tasks": status.counts(),
         "verified": args.verify,
         "problems": problems,
-        "aggregated": "finalized_unix" in store.attrs,
+        "aggregated": store.aggregated,
     }
 
 
 def _cmd_resubmit(args: argparse.Namespace) -> Any:
     from jobs.spec import store_spec
-    from jobs.sweep import SweepStore, task_states
+    from jobs.sweep import SweepStore
 
     store = SweepStore(args.store)
     spec = store_spec(store).with_executor(
-        kind=args.executor, processes=args.processes, profile=args.profile
+        kind=args.executor or "local", processes=args.processes, profile=args.profile
     )
     _check_executor(spec)
-    todo = task_states(store, verify=True).todo()
+    todo = _todo(store)
     summary = _run_executor(spec, store.path, todo, args) if todo else {"tasks_run": 0}
     return _finish(store, args, {"resubmitted": todo, **summary})
+
+
+def _cmd_repair(args: argparse.Namespace) -> Any:
+    from jobs.repair import repair
+
+    return repair(args.store, args.spec)
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> Any:
@@ -365,7 +397,7 @@ def _add_target_commands(commands: Any) -> None:
 
 
 def _add_sweep_commands(commands: Any) -> None:
-    """``run``, ``validate``, ``status``, ``resubmit``, ``aggregate``, ``report``."""
+    """``run``, ``validate``, ``status``, ``resubmit``, ``repair``, ``aggregate``, ``report``."""
     run = commands.add_parser("run", help="run a sweep spec into its Zarr store (resumes)")
     run.add_argument("spec", help="spec file, or the name of one in jobs/specs (quickstart)")
     run.add_argument("--store", help="store path (default runs/<sweep name>.zarr)")
@@ -399,6 +431,17 @@ def _add_sweep_commands(commands: Any) -> None:
     resubmit.add_argument("store")
     _executor_options(resubmit)
     resubmit.set_defaults(run=_cmd_resubmit)
+
+    repair = commands.add_parser(
+        "repair",
+        help="rebuild a damaged store's metadata, manifest and prepared arrays from its spec; "
+        "tasks that cannot be verified become pending",
+    )
+    repair.add_argument("store")
+    repair.add_argument(
+        "--spec", help="the spec the store was made from (needed when its root metadata is lost)"
+    )
+    repair.set_defaults(run=_cmd_repair)
 
     aggregate = commands.add_parser(
         "aggregate", help="ensemble statistics with Dask, written back into the store"
@@ -446,9 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _tasks_failed(result: Any) -> bool:
-    """Whether a command's answer counts failed or corrupt tasks."""
-    counts = result.get("tasks") if isinstance(result, dict) else None
-    return isinstance(counts, dict) and counts.get("failed", 0) + counts.get("corrupt", 0) > 0
+    """Whether a command's answer counts failed or corrupt tasks (or names problems)."""
+    if not isinstance(result, dict):
+        return False
+    counts = result.get("tasks")
+    failed = isinstance(counts, dict) and counts.get("failed", 0) + counts.get("corrupt", 0) > 0
+    return failed or bool(result.get("problems"))
 
 
 def _print_json(result: Any) -> None:

@@ -19,6 +19,7 @@ The rules (design: one source of truth, resumable, safe under concurrent writers
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -48,6 +49,10 @@ Region = tuple[slice, ...]
 
 class StoreError(ValueError):
     """A store that cannot be used as asked (missing, another sweep's, incomplete)."""
+
+
+class MetadataError(StoreError):
+    """A store whose root metadata (``zarr.json``) cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,15 @@ class SweepStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"store {self.path}: not a Zarr group (no zarr.json)")
-        with _quiet():
-            self.group = zarr.open_group(self.path, mode=mode)
+        try:
+            with _quiet():  # per-array metadata, the source of truth for writers
+                self.group = zarr.open_group(self.path, mode=mode, use_consolidated=False)
+        except Exception as error:
+            raise MetadataError(
+                f"store {self.path}: its root metadata (zarr.json) is unreadable "
+                f"({type(error).__name__}); `nnqs repair {self.path} --spec SPEC` rebuilds it "
+                "from the spec the store was made from"
+            ) from None
         if "fingerprint" not in self.group.attrs or MANIFEST not in self.group:
             raise StoreError(f"store {self.path}: not a sweep store (no fingerprint or manifest)")
 
@@ -105,20 +117,29 @@ class SweepStore:
         fingerprint: str,
         tasks: int,
         initial: Mapping[str, np.ndarray] | None = None,
-        populate: Callable[[zarr.Group], None] | None = None,
+        populate: Callable[[zarr.Group], Sequence[str]] | None = None,
     ) -> SweepStore:
         """Create the store at ``path`` (which must not exist) with ``arrays`` preallocated.
 
         ``initial`` values (coordinates, prepared inputs) are written before the store
         is renamed into place, as are ``attrs`` plus ``fingerprint`` and the
         :func:`provenance` of this process; the manifest has ``tasks`` records.
-        ``populate(group)`` may fill more (e.g. Gram matrices) before the rename.
+        ``populate(group)`` may fill more (e.g. Gram matrices) before the rename and
+        returns the names it wrote. The checksum of every array so prepared is kept in
+        the ``prepared`` attribute (:meth:`damaged_prepared` checks them).
+
+        The staging folder ``.<name>.<host>.<pid>.<hex>.creating`` names its creator:
+        one left by a dead process of this host is removed here. When another process
+        creates the same store first, this one's staging is dropped and its store is
+        returned (the caller checks its fingerprint).
         """
         path = Path(path)
         if path.exists():
             raise StoreError(f"store {path}: already exists")
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
+        remove_orphan_staging(path)
+        host, pid = socket.gethostname(), os.getpid()
+        staging = path.with_name(f".{path.name}.{host}.{pid}.{uuid.uuid4().hex}.creating")
         try:
             with _quiet():
                 group = zarr.open_group(staging, mode="w-", zarr_format=3)
@@ -136,12 +157,19 @@ class SweepStore:
                 )
                 for name, values in (initial or {}).items():
                     group[name][...] = values
-                if populate is not None:
-                    populate(group)
+                written = list(populate(group)) if populate is not None else []
                 group.attrs.update(
                     {**attrs, "fingerprint": fingerprint, "provenance": provenance()}
                 )
-            staging.rename(path)
+            staged = cls(staging)
+            checksums = {name: staged.array_checksum(name) for name in [*(initial or {}), *written]}
+            staged.update_attrs(prepared=checksums)
+            try:
+                staging.rename(path)
+            except OSError:
+                if not (path / "zarr.json").is_file():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # another process created it first
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -158,6 +186,11 @@ class SweepStore:
             return self.group[name]
         except KeyError:
             raise StoreError(f"store {self.path}: no array {name!r}") from None
+        except Exception as error:  # its zarr.json does not decode
+            raise StoreError(
+                f"store {self.path}: the metadata of array {name!r} is unreadable "
+                f"({type(error).__name__}); `nnqs repair {self.path}` rebuilds it"
+            ) from None
 
     def read(self, name: str, region: Region | None = None) -> np.ndarray:
         array = self.array(name)
@@ -188,18 +221,86 @@ class SweepStore:
             self.group[MANIFEST][task] = json.dumps(entry, sort_keys=True, default=str)
 
     def records(self) -> list[TaskRecord]:
-        """All manifest records, ``pending`` where a task never started."""
-        raw = self.read(MANIFEST)
-        records = []
-        for task, text in enumerate(raw.tolist()):
-            info = json.loads(text) if text else {}
-            records.append(TaskRecord(task, info.pop("state", "pending"), info))
-        return records
+        """All manifest records, ``pending`` where a task never started.
+
+        A record that cannot be read or decoded raises :class:`StoreError` naming the
+        store and the task (``nnqs repair`` rebuilds it).
+        """
+        try:
+            texts = self.read(MANIFEST).tolist()
+        except Exception:  # a damaged chunk: read record by record to name its task
+            texts = [self._manifest_text(task) for task in range(self.array(MANIFEST).shape[0])]
+        return [self._decode(task, text) for task, text in enumerate(texts)]
+
+    def record_of(self, task: int) -> TaskRecord:
+        """Task ``task``'s manifest record (one chunk read)."""
+        return self._decode(task, self._manifest_text(task))
+
+    def _manifest_text(self, task: int) -> str:
+        try:
+            return str(self.array(MANIFEST)[task])
+        except Exception as error:
+            raise StoreError(
+                f"store {self.path}: the manifest record of task {task} is unreadable "
+                f"({type(error).__name__}); `nnqs repair {self.path}` rebuilds the manifest"
+            ) from None
+
+    def _decode(self, task: int, text: str) -> TaskRecord:
+        if not text:
+            return TaskRecord(task, "pending", {})
+        try:
+            info = json.loads(text)
+            if not isinstance(info, dict) or not isinstance(info.get("state"), str):
+                raise ValueError("not a record")
+        except ValueError:
+            raise StoreError(
+                f"store {self.path}: the manifest record of task {task} is not a valid "
+                f"record ({text[:40]!r}); `nnqs repair {self.path}` rebuilds the manifest"
+            ) from None
+        return TaskRecord(task, info.pop("state"), info)
+
+    def clear_record(self, task: int) -> None:
+        """Mark task ``task`` pending (its record removed; ``nnqs repair`` only)."""
+        with _quiet():
+            self.array(MANIFEST)[task] = ""
+
+    def array_checksum(self, name: str) -> str:
+        """SHA-256 of a whole array as stored, read one chunk row at a time."""
+        array = self.array(name)
+        digest = hashlib.sha256(f"{name}{array.shape}{array.dtype}".encode())
+        step = array.chunks[0] if array.ndim else 1
+        for start in range(0, array.shape[0] if array.ndim else 1, step):
+            part = array[start : start + step] if array.ndim else array[...]
+            digest.update(np.ascontiguousarray(np.asarray(part)).tobytes())
+        return digest.hexdigest()
+
+    def damaged_prepared(self) -> list[str]:
+        """The arrays written when the store was prepared whose checksum no longer
+        matches the one recorded then (or that can no longer be read)."""
+        damaged = []
+        for name, checksum in self.attrs.get("prepared", {}).items():
+            try:
+                if self.array_checksum(name) != checksum:
+                    damaged.append(name)
+            except Exception:  # a chunk or array metadata that no longer decodes
+                damaged.append(name)
+        return damaged
 
     def consolidate(self) -> None:
         """Consolidate the metadata (once, when every writer has finished)."""
         with _quiet():
             zarr.consolidate_metadata(self.path)
+
+    @property
+    def aggregated(self) -> bool:
+        """Whether the store was aggregated (and nothing changed since)."""
+        return "finalized_unix" in self.group.attrs
+
+    def forget_aggregation(self) -> None:
+        """Mark the aggregation stale (``nnqs repair``, when results change)."""
+        if self.aggregated:
+            with _quiet():
+                del self.group.attrs["finalized_unix"]
 
     def update_attrs(self, **values: Any) -> None:
         """Set group attributes (a metadata write: only from a single finalising process)."""
@@ -265,6 +366,32 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+def remove_orphan_staging(path: Path) -> list[Path]:
+    """Remove the staging folders of ``path`` (:meth:`SweepStore.create`) whose creator
+    was a process of this host that no longer runs; return them. Another host's, or a
+    live process's, are left alone."""
+    removed = []
+    prefix, host = f".{path.name}.", socket.gethostname()
+    for staging in path.parent.glob(f".{glob.escape(path.name)}.*.creating"):
+        creator = staging.name[len(prefix) : -len(".creating")].rsplit(".", 2)
+        if len(creator) != 3 or creator[0] != host or not creator[1].isdigit():
+            continue
+        if not _process_runs(int(creator[1])):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _check_aligned(name: str, array: zarr.Array, region: Region) -> None:
     """Refuse a region that would share a chunk with another writer."""
     if len(region) != array.ndim:
@@ -282,4 +409,6 @@ def _quiet() -> Iterator[None]:
     """Silence Zarr's notices that v3 consolidated metadata and string arrays are extensions."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Zarr format 3 specification.*")
+        # the task claims of a running sweep (jobs.claims) sit in the store's .claims/
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
         yield

@@ -79,12 +79,17 @@ def coordinate_spec(name: str, values: Sequence[Any]) -> tuple[ArraySpec, np.nda
     return ArraySpec(name, (name,), data.shape, data.shape, dtype, _fill(dtype)), data
 
 
-def write_grams(group: Any, layout: Layout) -> None:
-    """The layout's Gram matrices, in Dask tiles, into their arrays of the Zarr ``group``."""
+def write_grams(group: Any, layout: Layout, names: Sequence[str] | None = None) -> list[str]:
+    """The layout's Gram matrices (those of ``names``, default all), in Dask tiles, into
+    their arrays of the Zarr ``group``; returns the names written."""
     from suite.kernels.blocked import store_gram  # Dask: only when a store is created
 
+    written = []
     for name, prefix, fn, rows, columns in layout.grams:
-        store_gram(fn, rows, columns, group[name], prefix)
+        if names is None or name in names:
+            store_gram(fn, rows, columns, group[name], prefix)
+            written.append(name)
+    return written
 
 
 def shard_total(store: SweepStore, name: str, at: tuple[slice, ...]) -> np.ndarray:
