@@ -232,6 +232,86 @@ def test_ctrl_c_ends_a_run_in_one_line_with_status_130(tmp_path: Path) -> None:
     assert counts["failed"] <= 1  # at most the task it was computing
 
 
+def _live_in_group(group: int) -> list[int]:
+    """Processes of process group ``group`` that still run (zombies excluded)."""
+    live = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            live.append(int(entry.name))
+    return live
+
+
+NNQS_RUN = (sys.executable, "-m", "nnqs", "run")
+
+
+def _start_pool_run(spec_path: Path, store_path: Path) -> subprocess.Popen[str]:
+    """``nnqs run --processes 2`` in a session of its own, once a worker computes a task."""
+    process = subprocess.Popen(
+        [*NNQS_RUN, str(spec_path), "--store", str(store_path), "--processes", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if (store_path / "zarr.json").exists():
+            records = SweepStore(store_path).records()
+            if any(r.state == "done" for r in records):
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    return process
+
+
+def _gone(group: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _live_in_group(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _live_in_group(group)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_pool_cancels_its_tasks_and_ends_its_workers(
+    tmp_path: Path, reference: Path
+) -> None:
+    """Ctrl-C in a terminal signals the whole foreground group: the parent cancels the
+    queued tasks and ends the workers, prints one line and exits 130; nothing of the
+    group is left, and a resubmit completes the store bitwise."""
+    spec_path = _spec_file(tmp_path, dynamics(max_steps=40))
+    store_path = tmp_path / "pool.zarr"
+    process = _start_pool_run(spec_path, store_path)
+    clock = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "nnqs: interrupted"
+    assert time.monotonic() - clock < 30  # not after the queued tasks
+    assert _gone(process.pid, 10)
+    counts = run_nnqs("status", str(store_path))["tasks"]
+    assert counts["running"] == 0 and counts["done"] < 8
+    answer = run_nnqs("resubmit", str(store_path), "--processes", "2")
+    assert answer["tasks"]["done"] == 8
+    assert_identical(store_path, reference)
+
+
+@pytest.mark.slow
+def test_pool_workers_die_with_their_parent(tmp_path: Path) -> None:
+    """SIGKILL of ``nnqs run`` alone (no chance to clean up): its workers end too."""
+    spec_path = _spec_file(tmp_path, dynamics(max_steps=40))
+    process = _start_pool_run(spec_path, tmp_path / "orphans.zarr")
+    assert len(_live_in_group(process.pid)) >= 3  # the parent and its two workers
+    process.kill()
+    process.communicate(timeout=60)
+    assert _gone(process.pid, 15), _live_in_group(process.pid)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_sweep_then_resume_is_bitwise_identical(
     tmp_path: Path, reference: Path
