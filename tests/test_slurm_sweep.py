@@ -41,6 +41,9 @@ signal_delay_s = 15
 """
 
 
+NNQS_RUN = (sys.executable, "-m", "nnqs", "run")
+
+
 def _spec(tmp_path: Path) -> Path:
     path = tmp_path / "spec.toml"
     path.write_text(tiny_dynamics("tiny-slurm", 5, [16, 32], 30) + SLURM_OVERRIDES)
@@ -70,6 +73,58 @@ def test_submitit_sweep_equals_local_run(
     jobs = {r.info["slurm"]["job_id"] for r in SweepStore(store).records()}
     assert len(jobs) == 2  # two array elements, four tasks each
     assert list(Path(f"{store}.slurm").iterdir())  # per-task logs
+    assert_identical(store, local_reference)
+
+
+@pytest.mark.slurm
+def test_an_unreachable_controller_is_one_line_before_anything_is_written(
+    slurm_cluster: Path, tmp_path: Path
+) -> None:
+    conf = tmp_path / "slurm.conf"
+    lines = slurm_cluster.read_text().splitlines()
+    conf.write_text(
+        "\n".join(line for line in lines if not line.startswith("SlurmctldPort"))
+        + "\nSlurmctldPort=1\n"  # nothing listens there
+    )
+    store = tmp_path / "s.zarr"
+    result = subprocess.run(
+        [*NNQS_RUN, str(_spec(tmp_path)), "--store", str(store), "--executor", "slurm"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SLURM_CONF": str(conf)},
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "SLURM controller is not reachable" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slurm.conf", "spec.toml"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_refused_job_array_leaves_no_pickles_and_resubmit_runs_locally(
+    slurm_cluster: Path, tmp_path: Path, local_reference: Path
+) -> None:
+    spec = _spec(tmp_path)
+    spec.write_text(spec.read_text() + 'partition = "nosuch"\n')  # in [executor.slurm]
+    store = tmp_path / "refused.zarr"
+    result = subprocess.run(
+        [*NNQS_RUN, str(spec), "--store", str(store), "--executor", "slurm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.startswith("nnqs:")]
+    assert len(ours) == 1 and "SLURM refused the job array" in ours[0]
+    assert "partition" in ours[0].lower() and "Traceback" not in result.stderr
+    logs = Path(f"{store}.slurm")
+    assert not logs.exists() or not any(logs.rglob("*"))  # no orphan pickles
+    # the store remembers nothing of SLURM: a resubmit runs here unless told otherwise
+    answer = run_nnqs("resubmit", str(store))
+    assert answer["executor"] == "local" and answer["tasks"]["done"] == 8
     assert_identical(store, local_reference)
 
 
