@@ -124,7 +124,9 @@ def job_states(job_ids: Iterable[str]) -> dict[str, JobState] | None:
     done = _slurm(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%r"])
     if done.returncode != 0:
         return None
-    jobs = [JobState(*line.split("|", 2)) for line in done.stdout.splitlines() if line.count("|")]
+    jobs = [
+        JobState(*line.split("|", 2)) for line in done.stdout.splitlines() if line.count("|") >= 2
+    ]
     return {job.job_id: job for job in jobs}
 
 
