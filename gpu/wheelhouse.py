@@ -55,8 +55,10 @@ ROOTS = (
     "locket",
     "tblib",
     "zict",
+    "cryptography",
 )
-"""What the suite needs and a stock CUDA + JAX image lacks (zarr's crc32c is google-crc32c)."""
+"""What the suite needs and a stock CUDA + JAX image lacks (zarr's crc32c is google-crc32c;
+cryptography makes the TLS credentials of ``nnqs aggregate --cluster slurm``)."""
 
 IMAGE = (
     "jax",

@@ -6,8 +6,9 @@ and writes the point's own chunks of the aggregate arrays (one writer per chunk)
 a point's aggregate is, is the study's (:meth:`jobs.registry.Study.aggregate`; the
 built-in ones in :mod:`jobs.studies`).
 
-The cluster is a detail: a ``distributed.LocalCluster`` by default, or a
-dask-jobqueue ``SLURMCluster`` from a cluster profile when asked.
+The cluster is a detail: a ``distributed.LocalCluster`` by default, the address of a
+running scheduler, or a cluster object such as the TLS-secured dask-jobqueue
+``SLURMCluster`` of :mod:`jobs.dask_slurm` (the client takes its credentials).
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from typing import Any
 
 import numpy as np
 from distributed import Client, LocalCluster, as_completed
+from distributed.deploy import Cluster
 
 from jobs.progress import ProgressBar
 from jobs.registry import study
 from jobs.spec import aggregation_threads, store_spec
 from jobs.studies import grid_axes
 from suite.store import StoreError, SweepStore
+
+#: what a client connects to: a scheduler's address, or a cluster object
+Scheduler = str | Cluster
 
 
 def aggregate_point(path: str, point: tuple[int, ...]) -> None:
@@ -41,8 +46,9 @@ def grid_points(store: SweepStore) -> list[tuple[int, ...]]:
 
 
 @contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
-    """A client of ``scheduler`` (an address), or of a fresh in-process LocalCluster."""
+def dask_client(scheduler: Scheduler | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A client of ``scheduler`` (an address, or a cluster whose security settings it takes),
+    or of a fresh in-process LocalCluster."""
     if scheduler:
         with Client(scheduler) as client:
             yield client
@@ -60,27 +66,13 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         yield client
 
 
-@contextmanager
-def slurm_cluster(profile: str, workers: int, log_directory: str) -> Iterator[str]:
-    """A dask-jobqueue SLURMCluster of ``workers`` workers on a cluster profile; its address."""
-    from dask_jobqueue import SLURMCluster
-
-    from jobs.profiles import jobqueue_parameters, load_profile
-
-    with SLURMCluster(**jobqueue_parameters(load_profile(profile), log_directory)) as cluster:
-        cluster.scale(workers)
-        with Client(cluster) as client:
-            client.wait_for_workers(workers, timeout=300)
-        yield cluster.scheduler_address
-
-
 def aggregate(
-    path: str | os.PathLike[str], scheduler: str | None = None, progress: bool = True
+    path: str | os.PathLike[str], scheduler: Scheduler | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Aggregate every grid point of the (complete) sweep at ``path`` on a Dask cluster.
 
-    ``scheduler``: the address of a running Dask scheduler (e.g. of a SLURMCluster);
-    default an in-process LocalCluster. Refuses a sweep with unfinished tasks.
+    ``scheduler``: the address of a running Dask scheduler, or a cluster (e.g. a
+    SLURMCluster); default an in-process LocalCluster. Refuses a sweep with unfinished tasks.
     """
     store = SweepStore(path)
     records = store.records()

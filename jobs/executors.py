@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -290,8 +290,19 @@ def mpi_launch_command(ranks: int, argv: Sequence[str]) -> list[str]:
     return [mpirun, "--oversubscribe", "-n", str(ranks), *argv]
 
 
+def mpi_environment(base: Mapping[str, str], euid: int) -> dict[str, str]:
+    """The environment of an MPI relaunch: ``base``, plus Open MPI's two consents to run as
+    root when the effective user ``euid`` is root (its ``mpirun`` refuses root otherwise).
+
+    Any other user gets ``base`` as it is: the consent is never given on their behalf.
+    """
+    if euid != 0:
+        return dict(base)
+    return {**base, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
 def relaunch_under_mpi(ranks: int, argv: Sequence[str]) -> int:
     """Run ``python -m nnqs argv`` as ``ranks`` MPI processes; return its exit status."""
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    env = mpi_environment(os.environ, os.geteuid())
     command = mpi_launch_command(ranks, [sys.executable, "-m", "nnqs", *argv])
     return subprocess.run(command, env=env, check=False).returncode

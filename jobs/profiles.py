@@ -199,14 +199,14 @@ def jobqueue_parameters(profile: ClusterProfile, log_directory: str | Path) -> d
     """Keyword arguments for ``dask_jobqueue.SLURMCluster``: one worker process per job.
 
     On the loopback interface the scheduler must listen on 127.0.0.1 explicitly (it would
-    advertise a non-loopback address otherwise); the dashboard takes a free port (8787 may be
-    taken).
+    advertise a non-loopback address otherwise). The dashboard, plain HTTP without
+    authentication, listens on loopback only, on a free port (8787 may be taken): reach it
+    through an SSH tunnel. TLS is :mod:`jobs.dask_slurm`'s (``security=``).
     """
     hours, minutes = divmod(profile.time_min, 60)
+    scheduler_options = {"dashboard_address": "127.0.0.1:0"}
     if profile.dask_interface == "lo":
-        scheduler_options = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
-    else:
-        scheduler_options = {"dashboard_address": ":0"}
+        scheduler_options["host"] = "127.0.0.1"
     directives = []
     if profile.qos is not None:
         directives.append(f"--qos={shlex.quote(profile.qos)}")

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
@@ -27,6 +27,9 @@ from jobs.registry import study
 from jobs.spec import SweepSpec, store_spec
 from jobs.studies import check_memory, expand, write_grams
 from suite.store import StoreError, SweepStore, remove_orphan_staging
+
+if TYPE_CHECKING:
+    from jobs.aggregate import Scheduler
 
 STATES = ("pending", "running", "done", "failed", "corrupt")
 
@@ -159,8 +162,10 @@ def intact(store: SweepStore, info: dict[str, Any]) -> bool:
         return False
 
 
-def finalize(store: SweepStore, scheduler: str | None = None, progress: bool = True) -> None:
-    """Aggregate the ensembles with Dask into the store and consolidate its metadata."""
+def finalize(store: SweepStore, scheduler: Scheduler | None = None, progress: bool = True) -> None:
+    """Aggregate the ensembles with Dask into the store and consolidate its metadata.
+
+    ``scheduler``: a Dask scheduler's address or a cluster (default: an in-process one)."""
     from jobs.aggregate import aggregate  # here: a task process never loads Dask
 
     aggregate(store.path, scheduler=scheduler, progress=progress)

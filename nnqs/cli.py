@@ -323,13 +323,13 @@ def _cmd_repair(args: argparse.Namespace) -> Any:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> Any:
-    from jobs.aggregate import slurm_cluster
+    from jobs.dask_slurm import slurm_cluster
     from jobs.sweep import SweepStore, finalize
 
     store = SweepStore(args.store)
     if args.cluster == "slurm":
-        with slurm_cluster(args.profile, args.workers, f"{store.path}.dask") as address:
-            finalize(store, scheduler=address)
+        with slurm_cluster(args.profile, args.workers, f"{store.path}.dask") as cluster:
+            finalize(store, scheduler=cluster)
     else:
         finalize(store, scheduler=args.scheduler)
     return {"store": str(store.path), "cluster": args.cluster, "aggregated": True}

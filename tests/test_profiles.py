@@ -160,7 +160,7 @@ def test_dask_jobqueue_accepts_the_parameters(name: str, tmp_path: Path) -> None
     profile = load_profile(name)
     params = jobqueue_parameters(profile, tmp_path)
     scheduler_options = params.pop("scheduler_options")  # a cluster option, not a job one
-    assert scheduler_options["dashboard_address"].endswith(":0")
+    assert scheduler_options["dashboard_address"] == "127.0.0.1:0"  # plain HTTP: loopback only
     if profile.dask_interface == "lo":
         assert scheduler_options["host"] == "127.0.0.1"
     script = SLURMJob(scheduler="tcp://127.0.0.1:8786", name="w", **params).job_script()
