@@ -28,6 +28,7 @@ import jax
 from jobs.registry import study
 from jobs.spec import SweepSpec, store_spec
 from jobs.studies import check_memory, expand, write_grams
+from jobs.studies.base import UNINDEXED
 from suite.store import StoreError, SweepStore
 
 STATES = ("pending", "running", "done", "failed", "corrupt")
@@ -65,6 +66,7 @@ def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
         len(expand(spec)),
         layout.initial,
         populate=lambda group: write_grams(group, layout),
+        unindexed=UNINDEXED,
     )
 
 

@@ -28,6 +28,7 @@ from jobs.spec import (
 )
 from jobs.studies.base import (
     NAN,
+    About,
     aggregation_bytes,
     array_spec,
     coordinate_spec,
@@ -39,6 +40,7 @@ from jobs.studies.base import (
 )
 from jobs.studies.problems import (
     BLOCKS,
+    INPUTS,
     basis_and_target,
     check_train_sizes,
     dynamics_nnqs,
@@ -288,6 +290,37 @@ def _infinite_curves(
     return continuous, discrete, at_infinity
 
 
+#: the shard sums of ``suite.training.SUMS`` (docs/theory.md §5)
+SUM_ABOUT = {
+    name: About(
+        f"shard sum of {term}",
+        "1",
+        f"sum over the shard's members of {term} at each logged step and basis state "
+        "(psi = u + i v; docs/theory.md §5)",
+    )
+    for name, term in zip(SUMS, ("u", "v", "u^2", "v^2", "u v"), strict=True)
+}
+
+#: the aggregated loss curves (docs/theory.md §5, Eqs. 16-18)
+CURVE_ABOUT = {
+    f"{part}_{kind}": About(
+        f"{part} {kind.replace('_', ' ')}",
+        "1",
+        f"ensemble's {words} on the {part} set, L = (1/2n) sum |psi - phi|^2 at each logged "
+        "step (docs/theory.md §5)",
+    )
+    for part in ("train", "test")
+    for kind, words in (
+        ("mean_of_losses", "mean over members of the loss"),
+        ("loss_of_mean", "loss of the ensemble-mean prediction"),
+        (
+            "loss_of_mean_debiased",
+            "loss of the mean less its finite-ensemble bias (suite.training.summarize)",
+        ),
+    )
+}
+
+
 def _arrays(
     spec: SweepSpec, basis_shape: tuple[int, int], n_l: int
 ) -> tuple[list[ArraySpec], list[ArraySpec]]:
@@ -300,39 +333,124 @@ def _arrays(
     point = (1, 1, 1)
     rates = {"train_size": n_t, "lr_factor": n_r}
     finite = [
-        array_spec(name, {**shape, "member": n_m, "step": n_l}, (*point, size, n_l))
-        for name in ("member_train_loss", "member_test_loss")
+        array_spec(
+            f"member_{part}_loss",
+            {**shape, "member": n_m, "step": n_l},
+            (*point, size, n_l),
+            about=About(
+                f"member {part} loss",
+                "1",
+                f"each member's loss on the {part} set, L = (1/2n) sum |psi - phi|^2 "
+                "(docs/theory.md §5)",
+            ),
+        )
+        for part in ("train", "test")
     ] + [
         array_spec(
             name,
             {**shape, "shard": n_s, "step": n_l, "basis": dimension},
             (*point, 1, n_l, dimension),
+            about=SUM_ABOUT[name],
         )
         for name in SUMS
     ]
-    prepared = (
-        [
-            array_spec("inputs", {"basis": dimension, "site": n_sites}, (dimension, n_sites)),
-            array_spec("phi", {"basis": dimension}, (dimension,), "<c16"),
-            array_spec("eta_max", {"train_size": n_t}, (n_t,)),
-            array_spec("learning_rate", rates, (n_t, n_r)),
-            array_spec("convergence_step", rates, (n_t, n_r), "<i8"),
-        ]
-        + [
-            array_spec(
-                f"infinite_{name}",
-                {**rates, "curve": len(CURVES), "step": n_l},
-                (n_t, n_r, len(CURVES), n_l),
-            )
-            for name in ("continuous", "discrete")
-        ]
-        + [array_spec("infinite_t_inf", {**rates, "curve": len(CURVES)}, (n_t, n_r, len(CURVES)))]
-    )
+    curves = {**rates, "curve": len(CURVES), "step": n_l}
+    prepared = [
+        array_spec(
+            "inputs", {"basis": dimension, "site": n_sites}, (dimension, n_sites), about=INPUTS
+        ),
+        array_spec(
+            "phi",
+            {"basis": dimension},
+            (dimension,),
+            "<c16",
+            about=About(
+                "target amplitude phi",
+                "1",
+                "the quench target on the basis, scaled by training.target_scale "
+                "(unit-rms: mean |phi|^2 = 1; docs/theory.md §2.3, §5)",
+            ),
+        ),
+        array_spec(
+            "eta_max",
+            {"train_size": n_t},
+            (n_t,),
+            about=About("largest stable learning rate", "1", "eta_max = 2B / lambda_max (§5)"),
+        ),
+        array_spec(
+            "learning_rate",
+            rates,
+            (n_t, n_r),
+            about=About("learning rate eta", "1", "lr_factor x eta_max (docs/theory.md §5)"),
+        ),
+        array_spec(
+            "convergence_step",
+            rates,
+            (n_t, n_r),
+            "<i8",
+            about=About(
+                "infinite-width convergence step",
+                "1",
+                "first step at which the infinite-width train loss is training.tolerance of "
+                "its start (§5)",
+            ),
+        ),
+        array_spec(
+            "infinite_continuous",
+            curves,
+            (n_t, n_r, len(CURVES), n_l),
+            about=About(
+                "infinite-width loss, gradient flow",
+                "1",
+                "the four loss curves of the infinite-width prediction in continuous time at "
+                "the logged steps (docs/theory.md §5)",
+            ),
+        ),
+        array_spec(
+            "infinite_discrete",
+            curves,
+            (n_t, n_r, len(CURVES), n_l),
+            about=About(
+                "infinite-width loss, discrete steps",
+                "1",
+                "the four loss curves of the infinite-width prediction after exactly `step` "
+                "gradient-descent steps (docs/theory.md §5)",
+            ),
+        ),
+        array_spec(
+            "infinite_t_inf",
+            {**rates, "curve": len(CURVES)},
+            (n_t, n_r, len(CURVES)),
+            about=About(
+                "infinite-width loss at t = inf",
+                "1",
+                "the four loss curves of the infinite-width prediction at t -> infinity (§5)",
+            ),
+        ),
+    ]
     per_step = {**shape, "step": n_l, "basis": dimension}
     aggregated = [
-        array_spec("ensemble_mean", per_step, (*point, n_l, dimension), "<c16"),
-        array_spec("ensemble_variance", per_step, (*point, n_l, dimension)),
-    ] + [array_spec(name, {**shape, "step": n_l}, (*point, n_l)) for name in AGGREGATED_CURVES]
+        array_spec(
+            "ensemble_mean",
+            per_step,
+            (*point, n_l, dimension),
+            "<c16",
+            about=About("ensemble mean of psi", "1", "mean over the members of psi = u + i v (§5)"),
+        ),
+        array_spec(
+            "ensemble_variance",
+            per_step,
+            (*point, n_l, dimension),
+            about=About(
+                "ensemble variance of psi",
+                "1",
+                "population variance (1/M) over the members of psi, mean |psi - mean psi|^2 (§5)",
+            ),
+        ),
+    ] + [
+        array_spec(name, {**shape, "step": n_l}, (*point, n_l), about=CURVE_ABOUT[name])
+        for name in AGGREGATED_CURVES
+    ]
     return finite + prepared, aggregated
 
 
