@@ -306,8 +306,8 @@ CURVE_ABOUT = {
     f"{part}_{kind}": About(
         f"{part} {kind.replace('_', ' ')}",
         "1",
-        f"ensemble's {words} on the {part} set, L = (1/2n) sum |psi - phi|^2 at each logged "
-        "step (docs/theory.md §5)",
+        f"ensemble's {words} on the {part} set (mean of |psi - phi|^2 over the set) at "
+        "each logged step (docs/theory.md §5)",
     )
     for part in ("train", "test")
     for kind, words in (
@@ -340,7 +340,7 @@ def _arrays(
             about=About(
                 f"member {part} loss",
                 "1",
-                f"each member's loss on the {part} set, L = (1/2n) sum |psi - phi|^2 "
+                f"each member's loss on the {part} set, the mean of |psi - phi|^2 over it "
                 "(docs/theory.md §5)",
             ),
         )
