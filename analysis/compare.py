@@ -9,9 +9,10 @@ of its fall with width (least squares in log-log) summarise the comparison.
 
 Ensemble uncertainty: a mean of the losses is an average over the members, whose losses
 the store keeps (``member_train_loss``, ``member_test_loss``), so its standard error is
-the members' sample standard deviation over ``sqrt(M)``, and a relative deviation's is
-that over ``L_inf``. A loss of the mean has none here: it would need the members'
-predictions on the basis, which the store does not keep (NaN).
+the members' sample standard deviation over ``sqrt(M)``; a debiased loss of the mean has
+the delete-a-shard jackknife error the aggregation stores (``<curve>_sem``; NaN with a
+single shard, or in a store aggregated before it was added). A relative deviation's
+error is the curve's over ``L_inf``.
 """
 
 from __future__ import annotations
@@ -74,13 +75,18 @@ def standard_error(members: xr.DataArray) -> xr.DataArray:
 def curve_errors(data: xr.Dataset) -> xr.DataArray:
     """Standard errors of the finite-width estimate of each curve, ``(train_size,
     lr_factor, width, curve, step)`` like :func:`relative_deviations`: the mean of the
-    losses' from its members, NaN for a loss of the mean (see the module docstring)."""
-    parts = [
-        standard_error(data[MEMBER_LOSSES[c]])
-        if c in MEMBER_LOSSES
-        else xr.full_like(data[FINITE_ESTIMATE[c]], np.nan)
-        for c in CURVES
-    ]
+    losses' from its members, the loss of the mean's jackknife error as stored, else NaN
+    (see the module docstring)."""
+
+    def error(curve: str) -> xr.DataArray:
+        if curve in MEMBER_LOSSES:
+            return standard_error(data[MEMBER_LOSSES[curve]])
+        stored = f"{FINITE_ESTIMATE[curve]}_sem"
+        return (
+            data[stored] if stored in data else xr.full_like(data[FINITE_ESTIMATE[curve]], np.nan)
+        )
+
+    parts = [error(c) for c in CURVES]
     return xr.concat(parts, dim=data["curve"]).transpose(..., "width", "curve", "step")
 
 
@@ -88,7 +94,7 @@ def largest_deviations(
     data: xr.Dataset, time: str = "discrete"
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """The largest relative deviation over steps >= 1 (:func:`relative_deviations`) and its
-    standard error, ``sem(L_finite) / L_inf`` at that step (NaN for a loss of the mean)."""
+    standard error, ``sem(L_finite) / L_inf`` at that step (:func:`curve_errors`)."""
     deviations = relative_deviations(data, time)
     errors = curve_errors(data) / data[f"infinite_{time}"]
     at = deviations.fillna(-np.inf).argmax("step").compute()  # an index: not lazy

@@ -1,5 +1,6 @@
 """A sweep store exported for tools that do not read Zarr: one netCDF file, or a folder of
-tidy CSV files (``nnqs export STORE --to netcdf|csv [--out PATH] [--force]``).
+tidy CSV files (``nnqs export STORE --to netcdf|csv [--out PATH] [--force]``). Any sweep
+store can be exported; before aggregation its aggregates are NaN.
 
 netCDF is written by xarray's ``scipy`` engine (no further dependency), so in the
 netCDF-3 64-bit-offset format, which has no complex, 64-bit integer or boolean type and
@@ -70,8 +71,8 @@ def export_store(
     from suite.store import SweepStore
 
     path = destination(store, to, out, force)
-    SweepStore(store)  # a sweep store, or a StoreError naming the path
-    data = xr.open_zarr(store, consolidated=None).drop_encoding()
+    finalized = "finalized_unix" in SweepStore(store).attrs  # or a StoreError naming it
+    data = xr.open_zarr(store, consolidated=finalized).drop_encoding()  # consolidated if so
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
         if to == "netcdf":

@@ -17,11 +17,12 @@
   scaling cases of an ``nnqs bench`` record, with the ideal lines.
 
 Every finite-width point carries its ensemble's standard error as an error bar (the
-members' spread over ``sqrt(M)``; :mod:`analysis.compare`), except a loss of the mean,
-whose error the store cannot give (open markers); the replica ratio's is its jackknife
-error. Width exponents are fitted with 3 or more widths and shown with their standard
-errors (:func:`suite.supervised.width_exponent`). Log axes of widths, train sizes and
-``s0`` have a tick at each value, labelled plainly.
+members' spread over ``sqrt(M)``; a loss of the mean's delete-a-shard jackknife error;
+:mod:`analysis.compare`); where none is stored (a single shard) the point has an open
+marker and no bar. The replica ratio's is its jackknife error. Width exponents are
+fitted with 3 or more widths and shown with their standard errors
+(:func:`suite.supervised.width_exponent`). Log axes of widths, train sizes and ``s0``
+have a tick at each value, labelled plainly; other log axes have plain-number labels.
 """
 
 from __future__ import annotations
@@ -187,8 +188,8 @@ def deviation_figure(largest: xr.DataArray, errors: xr.DataArray) -> Figure:
     its standard error and, with 3 or more widths, the fitted exponent ± its error.
 
     ``largest``, ``errors``: ``(width, curve)`` at one grid point, from
-    :func:`analysis.compare.largest_deviations` (errors NaN for a loss of the mean:
-    drawn with open markers, no error bar).
+    :func:`analysis.compare.largest_deviations` (a curve whose errors are NaN is drawn
+    with open markers and no error bar).
     """
     widths = largest["width"].values.tolist()
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")

@@ -96,9 +96,9 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
             lines += [*markdown_table(["width", *CURVES], rows), ""]
             rows = [[width, *errors.sel(width=width).values.tolist()] for width in widths]
             lines += [
-                "Standard error of the largest deviation, from the members' losses (nan for a "
-                "loss of the mean: its error needs the members' predictions on the basis, "
-                "which the store does not keep):",
+                "Standard error of the largest deviation (mean of the losses: from the "
+                "members' losses; loss of the mean: delete-a-shard jackknife, nan with a "
+                "single shard):",
                 "",
             ]
             lines += [*markdown_table(["width", *CURVES], rows), ""]

@@ -1,6 +1,7 @@
 """Ensemble uncertainty in the figures and reports (analysis/figures.py, analysis/report.py):
 the width exponent is fitted with 3 or more widths only and given with the standard error
-of its slope; finite-width points carry standard errors; width axes have plain ticks."""
+of its slope; finite-width points carry standard errors (a debiased loss of the mean: the
+delete-a-shard jackknife error stored by the aggregation); width axes have plain ticks."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import numpy as np
 import pytest
 import xarray as xr
 from scipy import stats
+from stores import tiny_dynamics
 
 from analysis.figures import deviation_figure
 from nnqs import cli
 from suite.store import SweepStore
 from suite.supervised import CURVES, width_exponent
+from suite.training import SUMS, EnsembleStats, combine, jackknife_sem, summarize
 
 KERNELS = """
 [sweep]
@@ -92,3 +95,45 @@ def test_deviation_figure_has_error_bars_slopes_and_plain_width_ticks() -> None:
     ticks = [label.get_text() for label in axis.xaxis.get_majorticklabels()]
     assert ticks == ["64", "256", "1024"]
     plt.close(figure)
+
+
+def test_jackknife_of_a_mean_is_its_standard_error() -> None:
+    samples = np.random.default_rng(0).normal(size=(9, 3))
+    leave_one_out = (samples.sum(axis=0) - samples) / (len(samples) - 1)
+    expected = samples.std(axis=0, ddof=1) / math.sqrt(len(samples))
+    np.testing.assert_allclose(jackknife_sem(leave_one_out), expected, rtol=1e-12)
+    assert np.isnan(jackknife_sem(leave_one_out[:1])).all()
+
+
+def test_loss_of_mean_errors_are_the_delete_a_shard_jackknife(tmp_path: Path) -> None:
+    """The stored ``*_loss_of_mean_debiased_sem`` equal the jackknife over the summaries of
+    the other shards, combined afresh from the store (4 shards of 2 members)."""
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(tiny_dynamics("tiny", seed=2, widths=[8], max_steps=4))
+    path = tmp_path / "tiny.zarr"
+    assert cli.main(["run", str(spec), "--store", str(path)]) == 0
+    store = SweepStore(path)
+    steps, phi = store.read("step"), store.read("phi")
+    train = np.flatnonzero(store.read("train_mask")[0])
+    losses = {name: store.read(f"member_{name}")[0, 0, 0].T for name in ("train_loss", "test_loss")}
+    shards = [
+        EnsembleStats(
+            np.arange(2 * s, 2 * s + 2),
+            steps,
+            **{name: values[:, 2 * s : 2 * s + 2] for name, values in losses.items()},
+            **{name: store.read(name)[0, 0, 0, s] for name in SUMS},
+        )
+        for s in range(4)
+    ]
+    for name in ("train_loss_of_mean_debiased", "test_loss_of_mean_debiased"):
+        rest = [
+            getattr(summarize(combine(shards[:s] + shards[s + 1 :]), phi, train), name)
+            for s in range(4)
+        ]
+        spread = np.asarray(rest) - np.mean(rest, axis=0)
+        expected = np.sqrt(3 / 4 * np.sum(spread**2, axis=0))
+        stored = store.read(f"{name}_sem")[0, 0, 0]
+        assert np.all(stored > 0)
+        np.testing.assert_allclose(stored, expected, rtol=1e-9)
+    text = (Path(f"{path}.report") / "report.md").read_text()
+    assert "no ensemble error stored" not in text

@@ -7,7 +7,8 @@ capped by ``training.max_steps``) and the infinite-width loss curves (continuous
 exact discrete steps, and t = inf). A task trains ``shard_size`` members by full-batch
 GD (:func:`suite.training.train_ensemble`) and writes their losses and the shard's
 sufficient statistics at the logged steps; aggregating a grid point gives the ensemble
-mean and variance of ``psi`` and the four loss curves (:func:`suite.training.summarize`).
+mean and variance of ``psi`` and the four loss curves (:func:`suite.training.summarize`),
+and the delete-a-shard jackknife errors of the debiased losses of the mean.
 """
 
 from __future__ import annotations
@@ -53,7 +54,15 @@ from jobs.studies.problems import (
 from suite.dynamics import TrainSpectrum
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import CURVES, convergence_step, infinite_width_curve_sets, log_steps
-from suite.training import BLOCK_ELEMENTS, SUMS, EnsembleStats, summarize, train_ensemble
+from suite.training import (
+    BLOCK_ELEMENTS,
+    SUMS,
+    EnsembleStats,
+    jackknife_sem,
+    leave_out,
+    summarize,
+    train_ensemble,
+)
 from suite.training.engines import flops_per_member_step
 
 #: the dynamics aggregation's per-step curves (docs/theory.md §5; suite.training.EnsembleSummary)
@@ -65,6 +74,10 @@ AGGREGATED_CURVES = (
     "train_loss_of_mean_debiased",
     "test_loss_of_mean_debiased",
 )
+
+#: the curves given a delete-a-shard jackknife standard error, stored as ``<curve>_sem``
+#: (a mean of the losses' error comes from its members' losses; docs/theory.md §5)
+JACKKNIFED_CURVES = ("train_loss_of_mean_debiased", "test_loss_of_mean_debiased")
 
 
 class Dynamics(Study):
@@ -175,6 +188,9 @@ class Dynamics(Study):
         store.write("ensemble_variance", (*at, *whole), summary.variance[None, None, None])
         for name in AGGREGATED_CURVES:
             store.write(name, (*at, slice(None)), getattr(summary, name)[None, None, None])
+        errors = _jackknife_errors(store, at, stats, store.read("phi"), train)
+        for name, values in errors.items():
+            store.write(f"{name}_sem", (*at, slice(None)), values[None, None, None])
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """GD steps (:func:`suite.training.engines.flops_per_member_step`, and ``12 B n^2``
@@ -202,7 +218,8 @@ class Dynamics(Study):
         the host, encoded); the basis inputs; the compiled programs of the grid points a
         process may run in turn (``PROGRAM_BYTES`` each). Aggregating a point: its shards'
         sums accumulated one shard at a time, with the estimators of
-        ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays."""
+        ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays, and for the
+        jackknife errors one shard's sums and the rest's again (10 more)."""
         width, members = max(spec.grid.widths), spec.ensemble.shard_size
         itemsize = 4 if spec.sweep.dtype == "float32" else 8
         basis = target_basis(spec)
@@ -218,7 +235,7 @@ class Dynamics(Study):
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         parameters = 3 * itemsize * members * parameter_count(spec, width)
         shard = BASELINE_BYTES + programs + parameters + intermediates + sums + inputs
-        point = 25 * 8 * steps * dimension + 2 * 2 * 8 * spec.ensemble.members * steps
+        point = 35 * 8 * steps * dimension + 3 * 2 * 8 * spec.ensemble.members * steps
         return {
             "preparation": preparation_bytes(spec),
             "shard": shard,
@@ -319,6 +336,34 @@ CURVE_ABOUT = {
         ),
     )
 }
+
+
+def _jackknife_errors(
+    store: SweepStore, at: Region, total: EnsembleStats, phi: np.ndarray, train: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Delete-a-shard jackknife standard errors of :data:`JACKKNIFED_CURVES` at the grid
+    point ``at`` (:func:`suite.training.jackknife_sem` over the estimates without each
+    shard, :func:`suite.training.leave_out`); NaN with a single shard. One shard's sums
+    are read at a time."""
+    shards = store.array(SUMS[0]).shape[len(at)]
+    if shards < 2:
+        return {name: np.full(total.steps.size, np.nan) for name in JACKKNIFED_CURVES}
+    size = store.array("member_train_loss").chunks[len(at)]
+    estimates = []
+    for shard in range(shards):
+        region = (*at, slice(shard, shard + 1), slice(None), slice(None))
+        sums = {name: store.read(name, region)[(0,) * (len(at) + 1)] for name in SUMS}
+        members = slice(shard * size, (shard + 1) * size)
+        part = EnsembleStats(
+            total.members[members],
+            total.steps,
+            total.train_loss[:, members],
+            total.test_loss[:, members],
+            **sums,
+        )
+        rest = summarize(leave_out(total, part), phi, train)
+        estimates.append([getattr(rest, name) for name in JACKKNIFED_CURVES])
+    return dict(zip(JACKKNIFED_CURVES, jackknife_sem(np.asarray(estimates)), strict=True))
 
 
 def _arrays(
@@ -450,6 +495,20 @@ def _arrays(
     ] + [
         array_spec(name, {**shape, "step": n_l}, (*point, n_l), about=CURVE_ABOUT[name])
         for name in AGGREGATED_CURVES
+    ]
+    aggregated += [
+        array_spec(
+            f"{name}_sem",
+            {**shape, "step": n_l},
+            (*point, n_l),
+            about=About(
+                f"standard error of the {CURVE_ABOUT[name].long_name}",
+                "1",
+                f"delete-a-shard jackknife standard error of {name} (NaN with one shard; "
+                "docs/theory.md §5)",
+            ),
+        )
+        for name in JACKKNIFED_CURVES
     ]
     return finite + prepared, aggregated
 
