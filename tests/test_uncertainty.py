@@ -6,6 +6,7 @@ delete-a-shard jackknife error stored by the aggregation); width axes have plain
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import suite  # noqa: F401  (first: enables JAX float64)
@@ -137,3 +138,22 @@ def test_loss_of_mean_errors_are_the_delete_a_shard_jackknife(tmp_path: Path) ->
         np.testing.assert_allclose(stored, expected, rtol=1e-9)
     text = (Path(f"{path}.report") / "report.md").read_text()
     assert "no ensemble error stored" not in text
+
+
+def test_a_store_made_before_the_jackknife_errors_aggregates_and_reports(
+    tmp_path: Path,
+) -> None:
+    """A dynamics store without the ``*_sem`` arrays (as created before them) aggregates,
+    and its report draws the loss of the mean without error bars."""
+    spec = tmp_path / "old.toml"
+    spec.write_text(tiny_dynamics("old", seed=2, widths=[8], max_steps=4))
+    path = tmp_path / "old.zarr"
+    assert cli.main(["run", str(spec), "--store", str(path), "--no-aggregate"]) == 0
+    for name in ("train_loss_of_mean_debiased_sem", "test_loss_of_mean_debiased_sem"):
+        shutil.rmtree(path / name)
+    assert cli.main(["aggregate", str(path)]) == 0
+    assert cli.main(["report", str(path)]) == 0
+    assert np.isfinite(SweepStore(path).read("train_loss_of_mean_debiased")).all()
+    text = (Path(f"{path}.report") / "report.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| 8 | nan |")]
+    assert row.count("nan") == 2  # the two losses of the mean: no error stored

@@ -188,6 +188,8 @@ class Dynamics(Study):
         store.write("ensemble_variance", (*at, *whole), summary.variance[None, None, None])
         for name in AGGREGATED_CURVES:
             store.write(name, (*at, slice(None)), getattr(summary, name)[None, None, None])
+        if f"{JACKKNIFED_CURVES[0]}_sem" not in store.group:
+            return  # a store created before the jackknife errors: they stay absent
         errors = _jackknife_errors(store, at, stats, store.read("phi"), train)
         for name, values in errors.items():
             store.write(f"{name}_sem", (*at, slice(None)), values[None, None, None])
