@@ -6,12 +6,20 @@ For every grid point (train size, learning rate, width) and logged step ``t >= 1
 prediction, in exact discrete steps and in continuous time; the finite loss of the
 mean is the debiased estimate. Its maximum over steps, per width, and the exponent
 of its fall with width (least squares in log-log) summarise the comparison.
+
+Ensemble uncertainty: a mean of the losses is an average over the members, whose losses
+the store keeps (``member_train_loss``, ``member_test_loss``), so its standard error is
+the members' sample standard deviation over ``sqrt(M)``; a debiased loss of the mean has
+the delete-a-shard jackknife error the aggregation stores (``<curve>_sem``; NaN with a
+single shard, or in a store aggregated before it was added). A relative deviation's
+error is the curve's over ``L_inf``.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import xarray as xr
 
 from suite.store import SweepStore
@@ -23,6 +31,12 @@ FINITE_ESTIMATE = {
     "train_mean_of_losses": "train_mean_of_losses",
     "test_loss_of_mean": "test_loss_of_mean_debiased",
     "test_mean_of_losses": "test_mean_of_losses",
+}
+
+#: the per-member losses averaged by each mean-of-losses curve
+MEMBER_LOSSES = {
+    "train_mean_of_losses": "member_train_loss",
+    "test_mean_of_losses": "member_test_loss",
 }
 
 
@@ -50,3 +64,38 @@ def relative_deviations(data: xr.Dataset, time: str = "discrete") -> xr.DataArra
     return deviation.where(deviation["step"] != data["step"][0]).transpose(
         ..., "width", "curve", "step"
     )
+
+
+def standard_error(members: xr.DataArray) -> xr.DataArray:
+    """Standard error of the mean over ``member``: the sample standard deviation (ddof 1)
+    over the square root of the number of finite members."""
+    return members.std("member", ddof=1) / np.sqrt(members.count("member"))
+
+
+def curve_errors(data: xr.Dataset) -> xr.DataArray:
+    """Standard errors of the finite-width estimate of each curve, ``(train_size,
+    lr_factor, width, curve, step)`` like :func:`relative_deviations`: the mean of the
+    losses' from its members, the loss of the mean's jackknife error as stored, else NaN
+    (see the module docstring)."""
+
+    def error(curve: str) -> xr.DataArray:
+        if curve in MEMBER_LOSSES:
+            return standard_error(data[MEMBER_LOSSES[curve]])
+        stored = f"{FINITE_ESTIMATE[curve]}_sem"
+        return (
+            data[stored] if stored in data else xr.full_like(data[FINITE_ESTIMATE[curve]], np.nan)
+        )
+
+    parts = [error(c) for c in CURVES]
+    return xr.concat(parts, dim=data["curve"]).transpose(..., "width", "curve", "step")
+
+
+def largest_deviations(
+    data: xr.Dataset, time: str = "discrete"
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """The largest relative deviation over steps >= 1 (:func:`relative_deviations`) and its
+    standard error, ``sem(L_finite) / L_inf`` at that step (:func:`curve_errors`)."""
+    deviations = relative_deviations(data, time)
+    errors = curve_errors(data) / data[f"infinite_{time}"]
+    at = deviations.fillna(-np.inf).argmax("step").compute()  # an index: not lazy
+    return deviations.max("step"), errors.isel(step=at)

@@ -15,6 +15,14 @@
   width, log-log, with the fitted exponent.
 * :func:`scaling_figure`: speed-up and parallel efficiency against workers of the
   scaling cases of an ``nnqs bench`` record, with the ideal lines.
+
+Every finite-width point carries its ensemble's standard error as an error bar (the
+members' spread over ``sqrt(M)``; a loss of the mean's delete-a-shard jackknife error;
+:mod:`analysis.compare`); where none is stored (a single shard) the point has an open
+marker and no bar. The replica ratio's is its jackknife error. Width exponents are
+fitted with 3 or more widths and shown with their standard errors
+(:func:`suite.supervised.width_exponent`). Log axes of widths, train sizes and ``s0``
+have a tick at each value, labelled plainly; other log axes have plain-number labels.
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
+from analysis.compare import MEMBER_LOSSES, standard_error
 from suite.supervised import CURVES, width_exponent
 
 #: the loss-curve panels of Fig. 2: (curve, title)
@@ -46,17 +57,50 @@ def save(figure: Figure, out: str | os.PathLike[str], name: str) -> list[Path]:
     return paths
 
 
+def value_ticks(axis: Axis, values: Any) -> None:
+    """A log ``axis`` with a major tick at each of ``values``, labelled plainly (``64``,
+    ``0.5``), and no minor ticks."""
+    axis.set_major_locator(FixedLocator(np.asarray(values, float)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+class PlainLogFormatter(LogFormatter):
+    """Matplotlib's choice of which log ticks to label, labelled as plain numbers (``0.06``,
+    ``40``; not ``6e-02`` or ``4 x 10^1``)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def plain_log_labels(axis: Axis) -> None:
+    """A log ``axis`` labelled with plain numbers, minor ticks too where the axis spans
+    few decades."""
+    axis.set_major_formatter(PlainLogFormatter())
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def loss_curves_figure(data: xr.Dataset, point: Mapping[str, Any]) -> Figure:
-    """Fig. 2 at one (train size, learning-rate factor) ``point`` (coordinate values)."""
+    """Fig. 2 at one (train size, learning-rate factor) ``point`` (coordinate values); the
+    finite widths with their standard errors."""
     at = data.sel(point)
     shifted = data["step"].values.astype(float) + 1  # log axis: step 0 at 1
     widths = data["width"].values.tolist()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(widths)))
     for axis, (name, title) in zip(axes, PANELS, strict=True):
+        errors = standard_error(at[MEMBER_LOSSES[name]])
         for colour, width in zip(colours, widths, strict=True):
-            finite = at[name].sel(width=width).values
-            axis.plot(shifted, finite, "o", ms=4, color=colour, label=f"width {width}")
+            axis.errorbar(
+                shifted,
+                at[name].sel(width=width).values,
+                yerr=errors.sel(width=width).values,
+                fmt="o",
+                ms=4,
+                capsize=2,
+                color=colour,
+                label=f"width {width} (± standard error)",
+            )
         for time, style, label in (
             ("discrete", "k-", "NTK, discrete steps"),
             ("continuous", "k--", "NTK, gradient flow"),
@@ -65,6 +109,8 @@ def loss_curves_figure(data: xr.Dataset, point: Mapping[str, Any]) -> Figure:
             axis.plot(shifted, infinite, style, lw=1.5 if time == "discrete" else 1, label=label)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        plain_log_labels(axis.xaxis)
+        plain_log_labels(axis.yaxis)
         axis.set_xlabel("step + 1")
         axis.set_ylabel(f"{title} loss (mean of the losses)")
         axis.set_title(f"{title}, B = {point['train_size']}")
@@ -74,7 +120,8 @@ def loss_curves_figure(data: xr.Dataset, point: Mapping[str, Any]) -> Figure:
 
 def total_losses(data: xr.Dataset) -> dict[str, xr.DataArray]:
     """Total (whole-basis) mean of the losses of a dynamics store at one learning rate:
-    ``finite`` (train size, width) at the last logged step, and the NTK's at that step
+    ``finite`` (train size, width) at the last logged step and its standard error
+    ``finite_sem`` (over the members' total losses), and the NTK's at that step
     (``infinite_last_step``) and at t = inf (``infinite_t_inf``), per train size."""
     weight = data["train_size"] / data.sizes["basis"]
     last = data.isel(step=-1)
@@ -90,22 +137,31 @@ def total_losses(data: xr.Dataset) -> dict[str, xr.DataArray]:
 
     return {
         "finite": total(last["train_mean_of_losses"], last["test_mean_of_losses"]),
+        "finite_sem": standard_error(total(last["member_train_loss"], last["member_test_loss"])),
         "infinite_last_step": ntk(last["infinite_discrete"]),
         "infinite_t_inf": ntk(data["infinite_t_inf"]),
     }
 
 
 def final_loss_figure(losses: Mapping[str, xr.DataArray]) -> Figure:
-    """Fig. 3: total loss at the last logged step against the train-set size
-    (:func:`total_losses`)."""
+    """Fig. 3: total loss at the last logged step against the train-set size, finite widths
+    with their standard errors (:func:`total_losses`)."""
     sizes = losses["finite"]["train_size"].values
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
     for width in losses["finite"]["width"].values.tolist():
-        values = losses["finite"].sel(width=width).values
-        axis.plot(sizes, values, "o-", ms=4, label=f"width {width}")
+        axis.errorbar(
+            sizes,
+            losses["finite"].sel(width=width).values,
+            yerr=losses["finite_sem"].sel(width=width).values,
+            fmt="o-",
+            ms=4,
+            capsize=2,
+            label=f"width {width} (± standard error)",
+        )
     axis.plot(sizes, losses["infinite_last_step"].values, "k-", label="NTK, last step")
     axis.plot(sizes, losses["infinite_t_inf"].values, "k:", label="NTK, t = inf")
     axis.set_xscale("log")
+    value_ticks(axis.xaxis, sizes)
     axis.set_xlabel("train-set size B")
     axis.set_ylabel("total loss (whole basis)")
     axis.legend(fontsize=8)
@@ -120,28 +176,44 @@ def spectra_figure(data: xr.Dataset) -> Figure:
         ordered = np.sort(values[np.isfinite(values)])[::-1]
         axis.plot(np.arange(1, ordered.size + 1), ordered, label=f"B = {size}")
     axis.set_yscale("log")
+    plain_log_labels(axis.yaxis)
     axis.set_xlabel("index")
     axis.set_ylabel("eigenvalue of the 2B x 2B QS-NTK")
     axis.legend(fontsize=8)
     return figure
 
 
-def deviation_figure(largest: xr.DataArray) -> Figure:
-    """Largest relative deviation from the discrete-step prediction against width.
+def deviation_figure(largest: xr.DataArray, errors: xr.DataArray) -> Figure:
+    """Largest relative deviation from the discrete-step prediction against width, with
+    its standard error and, with 3 or more widths, the fitted exponent ± its error.
 
-    ``largest``: ``(width, curve)``, the maximum over steps >= 1 of
-    :func:`analysis.compare.relative_deviations` at one grid point.
+    ``largest``, ``errors``: ``(width, curve)`` at one grid point, from
+    :func:`analysis.compare.largest_deviations` (a curve whose errors are NaN is drawn
+    with open markers and no error bar).
     """
     widths = largest["width"].values.tolist()
     figure, axis = plt.subplots(figsize=(5.5, 4), layout="constrained")
     for name in CURVES:
         values = largest.sel(curve=name).values
-        label = name.replace("_", " ")
-        if len(widths) > 1 and np.all(values > 0):
-            label += f" (slope {width_exponent(widths, values.tolist()):.2f})"
-        axis.plot(widths, values, "o-", label=label)
+        error = errors.sel(curve=name).values
+        known = bool(np.isfinite(error).all())
+        label = name.replace("_", " ") + ("" if known else " (no ensemble error stored)")
+        fit = width_exponent(widths, values.tolist())
+        if fit is not None:
+            label += f", slope {fit}"
+        axis.errorbar(
+            widths,
+            values,
+            yerr=error if known else None,
+            fmt="o-",
+            capsize=2,
+            mfc=None if known else "none",
+            label=label,
+        )
     axis.set_xscale("log")
     axis.set_yscale("log")
+    value_ticks(axis.xaxis, widths)
+    plain_log_labels(axis.yaxis)
     axis.set_xlabel("width")
     axis.set_ylabel("max |finite / NTK - 1| over steps >= 1")
     axis.legend(fontsize=8)
@@ -193,7 +265,7 @@ def entanglement_figure(data: xr.Dataset) -> Figure:
 
 def _finite_entropies(axis: Any, x: np.ndarray, point: xr.Dataset, width: int, fmt: str) -> None:
     """A finite-width ensemble's mean ``S_vN`` with its standard errors and, in the same
-    colour, its replica ratio, against ``x``."""
+    colour, its replica ratio with its jackknife errors, against ``x``."""
     axis.errorbar(
         x,
         point["mean_von_neumann"].values,
@@ -203,12 +275,14 @@ def _finite_entropies(axis: Any, x: np.ndarray, point: xr.Dataset, width: int, f
         capsize=2,
         label=f"S_vN, width {width}",
     )
-    axis.plot(
+    axis.errorbar(
         x,
         point["ratio_renyi2"].values,
-        "x",
+        yerr=point["sem_ratio_renyi2"].values,
+        fmt="x",
+        capsize=2,
         color=axis.lines[-1].get_color(),
-        label=f"S_2 replica ratio, width {width}",
+        label=f"S_2 replica ratio, width {width} (± jackknife error)",
     )
 
 
@@ -224,6 +298,7 @@ def crossover_figure(data: xr.Dataset) -> Figure:
     axis.axhline(float(half["page"]), color="k", label="Page")
     axis.axhline(float(half["haar_renyi2"]), color="k", ls=":", label="Haar S_2")
     axis.set_xscale("log")
+    value_ticks(axis.xaxis, s0)
     axis.set_xlabel("CosNet s0")
     axis.set_ylabel(f"entropy at N_A = {int(half['cut'])} (nats)")
     axis.legend(fontsize=8)

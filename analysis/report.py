@@ -20,9 +20,14 @@ import numpy as np
 import xarray as xr
 
 from analysis import figures
-from analysis.compare import open_aggregated, relative_deviations
+from analysis.compare import (
+    largest_deviations,
+    open_aggregated,
+    relative_deviations,
+    standard_error,
+)
 from suite.store import SweepStore
-from suite.supervised import CURVES, width_exponent
+from suite.supervised import CURVES, MIN_EXPONENT_WIDTHS, width_exponent
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -38,6 +43,17 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def exponent_cell(widths: list[Any], values: Any) -> str:
+    """The fitted width exponent ± its standard error (:func:`width_exponent`), or why
+    there is none."""
+    fit = width_exponent(widths, np.asarray(values).tolist())
+    if fit is not None:
+        return str(fit)
+    if len(widths) < MIN_EXPONENT_WIDTHS:
+        return f"n/a (needs >= {MIN_EXPONENT_WIDTHS} widths)"
+    return "n/a (a deviation is not positive)"
+
+
 def _image(paths: list[Path], out: Path, caption: str) -> list[str]:
     png, pdf = (p.relative_to(out) for p in paths)
     return [f"![{caption}]({png})", "", f"{caption} ([PDF]({pdf}))", ""]
@@ -48,6 +64,7 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
     widths = data["width"].values.tolist()
     steps = data["step"].values.tolist()
     deviations = relative_deviations(data, "discrete")
+    largest_all, errors_all = largest_deviations(data, "discrete")
     for size in data["train_size"].values.tolist():
         for factor in data["lr_factor"].values.tolist():
             point = {"train_size": size, "lr_factor": factor}
@@ -66,19 +83,28 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
                     for width in widths
                 ]
                 lines += [*markdown_table(["width", *map(str, steps[1:])], rows), ""]
-            largest = at.max("step")  # (width, curve); step 0 is NaN
+            largest, errors = largest_all.sel(point), errors_all.sel(point)  # (width, curve)
             rows = [[width, *largest.sel(width=width).values.tolist()] for width in widths]
             if len(widths) > 1:
-                rows.append(
-                    [
-                        "exponent",
-                        *(width_exponent(widths, largest.sel(curve=c).values) for c in CURVES),
-                    ]
-                )
-            lines += ["Largest deviation over steps >= 1, and its exponent against width:", ""]
+                exponents = (exponent_cell(widths, largest.sel(curve=c).values) for c in CURVES)
+                rows.append(["exponent", *exponents])
+            lines += [
+                "Largest deviation over steps >= 1, and its exponent against width "
+                "(± standard error of the fitted slope):",
+                "",
+            ]
             lines += [*markdown_table(["width", *CURVES], rows), ""]
+            rows = [[width, *errors.sel(width=width).values.tolist()] for width in widths]
+            lines += [
+                "Standard error of the largest deviation (mean of the losses: from the "
+                "members' losses; loss of the mean: delete-a-shard jackknife, nan with a "
+                "single shard):",
+                "",
+            ]
+            lines += [*markdown_table(["width", *CURVES], rows), ""]
+            figure = figures.deviation_figure(largest, errors)
             lines += _image(
-                figures.save(figures.deviation_figure(largest), out, f"deviation-{tag}"),
+                figures.save(figure, out, f"deviation-{tag}"),
                 out,
                 "Largest relative deviation against width",
             )
@@ -165,12 +191,14 @@ def _crossover(data: xr.Dataset, out: Path) -> list[str]:
 def _kernels(data: xr.Dataset, out: Path) -> list[str]:
     widths = data["width"].values.tolist()
     members = data["mean_empirical_deviation"].values.tolist()
+    sems = standard_error(data["empirical_deviation"]).values.tolist()
     mean = data["deviation_of_mean_kernel"].values.tolist()
-    rows = [[w, m, k] for w, m, k in zip(widths, members, mean, strict=True)]
+    rows = [[w, m, e, k] for w, m, e, k in zip(widths, members, sems, mean, strict=True)]
     if len(widths) > 1:
-        rows.append(["exponent", width_exponent(widths, members), width_exponent(widths, mean)])
+        rows.append(["exponent", exponent_cell(widths, members), "", exponent_cell(widths, mean)])
     lines = ["## Empirical QS-NTK against the infinite-width kernel", ""]
-    lines += markdown_table(["width", "mean member distance", "distance of the mean kernel"], rows)
+    header = ["width", "mean member distance", "standard error", "distance of the mean kernel"]
+    lines += markdown_table(header, rows)
     lines += ["", "## QS-NTK spectra on the train sets", ""]
     lines += _image(figures.save(figures.spectra_figure(data), out, "spectra"), out, "Spectra")
     return lines
@@ -212,7 +240,8 @@ def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> P
         f"# Sweep {spec['sweep']['name']} ({attrs['study']})",
         "",
         f"Store `{store.path}`; spec fingerprint `{attrs['fingerprint'][:12]}`; created on "
-        f"{provenance['host']} at commit `{provenance.get('git_commit') or 'unknown'}` "
+        f"{provenance['host']} at commit `{provenance.get('git_commit') or 'unknown'}`"
+        f"{' with uncommitted changes' if provenance.get('git_dirty') else ''} "
         f"(jax {provenance['packages'].get('jax')}, zarr {provenance['packages'].get('zarr')}).",
         "",
         f"Grid: {', '.join(f'{k} = {v}' for k, v in spec['grid'].items())}; "

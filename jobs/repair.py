@@ -31,8 +31,18 @@ import zarr
 from jobs.registry import study
 from jobs.spec import SweepSpec, load_spec, store_spec
 from jobs.studies import expand, write_grams
+from jobs.studies.base import UNINDEXED
 from jobs.sweep import intact
-from suite.store import MANIFEST, MetadataError, StoreError, SweepStore, provenance
+from suite.store import (
+    MANIFEST,
+    MANIFEST_ATTRIBUTES,
+    TASK_DIMENSION,
+    MetadataError,
+    StoreError,
+    SweepStore,
+    provenance,
+    unindexed_dimensions,
+)
 
 
 def repair(path: str | os.PathLike[str], spec_source: str | None = None) -> dict[str, Any]:
@@ -96,6 +106,7 @@ def _repair_manifest(store: SweepStore, tasks: int) -> list[int]:
             chunks=(1,),
             dtype=str,
             dimension_names=("task",),
+            attributes=MANIFEST_ATTRIBUTES,
             overwrite=True,
         )
         return list(range(tasks))
@@ -129,6 +140,7 @@ def _rebuild_prepared(
             dtype=array.dtype,
             fill_value=array.fill_value,
             dimension_names=array.dims,
+            attributes=array.attributes,
             overwrite=True,
         )
         if name in layout.initial:
@@ -161,6 +173,9 @@ def _rebuild_root(path: Path, spec: SweepSpec) -> SweepStore:
             **layout.attrs,
             "fingerprint": spec.fingerprint(),
             "provenance": {**provenance(), "root_metadata_rebuilt": True},
+            "unindexed_dimensions": unindexed_dimensions(
+                layout.arrays, {**UNINDEXED, "task": TASK_DIMENSION}
+            ),
             "prepared": dict.fromkeys(prepared, ""),
         }
     )

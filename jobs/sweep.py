@@ -26,6 +26,7 @@ from jobs.claims import claim_task, owner_alive, slurm_jobs
 from jobs.registry import study
 from jobs.spec import SweepSpec, store_spec
 from jobs.studies import check_memory, expand, write_grams
+from jobs.studies.base import UNINDEXED
 from suite.store import StoreError, SweepStore, remove_orphan_staging
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
             len(expand(spec)),
             layout.initial,
             populate=lambda group: write_grams(group, layout),
+            unindexed=UNINDEXED,
         )
     remove_orphan_staging(path)
     store = SweepStore(path)

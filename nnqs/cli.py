@@ -11,6 +11,7 @@
     nnqs repair runs/quickstart.zarr [--spec quickstart]
     nnqs aggregate runs/quickstart.zarr [--cluster slurm]
     nnqs report runs/quickstart.zarr --out runs/quickstart.report
+    nnqs export runs/quickstart.zarr --to netcdf  # or --to csv; --out PATH, --force
 
 Exit status (``nnqs --help`` and the README list it): 0 done (or submitted); 1 some
 tasks failed or are corrupt (``run``, ``resubmit``, ``status``); 2 bad input, named in
@@ -208,6 +209,12 @@ def _cmd_report(args: argparse.Namespace) -> Any:
     return {"report": str(write_report(args.store, out))}
 
 
+def _cmd_export(args: argparse.Namespace) -> Any:
+    from analysis.export import export_store
+
+    return {"export": str(export_store(args.store, args.to, args.out, args.force))}
+
+
 def _cmd_run(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
@@ -397,7 +404,8 @@ def _add_target_commands(commands: Any) -> None:
 
 
 def _add_sweep_commands(commands: Any) -> None:
-    """``run``, ``validate``, ``status``, ``resubmit``, ``repair``, ``aggregate``, ``report``."""
+    """``run``, ``validate``, ``status``, ``resubmit``, ``repair``, ``aggregate``,
+    ``report``, ``export``."""
     run = commands.add_parser("run", help="run a sweep spec into its Zarr store (resumes)")
     run.add_argument("spec", help="spec file, or the name of one in jobs/specs (quickstart)")
     run.add_argument("--store", help="store path (default runs/<sweep name>.zarr)")
@@ -459,6 +467,15 @@ def _add_sweep_commands(commands: Any) -> None:
     report.add_argument("store")
     report.add_argument("--out", help="output folder (default <store>.report)")
     report.set_defaults(run=_cmd_report)
+
+    export = commands.add_parser(
+        "export", help="a store as one netCDF file or a folder of tidy CSV files"
+    )
+    export.add_argument("store")
+    export.add_argument("--to", required=True, help="netcdf or csv")
+    export.add_argument("--out", help="output path (default <store>.nc or <store>.csv)")
+    export.add_argument("--force", action="store_true", help="replace an existing output")
+    export.set_defaults(run=_cmd_export)
 
 
 def _version() -> str:

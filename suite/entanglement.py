@@ -36,6 +36,7 @@ from scipy.special import xlogy
 from suite.hilbert import Basis, SpinBasis
 from suite.lattice import check_int
 from suite.networks import NNQS, init_ensemble
+from suite.training.statistics import jackknife_sem
 
 Subsystem = int | Sequence[int]
 """Sites of subsystem A: an int ``n_a`` means the first ``n_a`` sites, else a list of sites."""
@@ -347,14 +348,12 @@ class EnsembleEntanglement(NamedTuple):
         ``R_(i)``; the weights ``<psi|psi>^2`` are heavy-tailed for some architectures, so
         this error, not the spread of the per-member entropies, bounds the comparison.
         """
-        members = self.norm_sq.size
         weights = self.norm_sq**2
         weighted = weights[:, None] * self.purity
         leave_one_out = -np.log(
             (weighted.sum(axis=0) - weighted) / (weights.sum() - weights)[:, None]
         )
-        spread = leave_one_out - leave_one_out.mean(axis=0)
-        return np.sqrt((members - 1) / members * np.sum(spread**2, axis=0))
+        return jackknife_sem(leave_one_out)
 
 
 def ensemble_amplitudes(

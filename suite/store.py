@@ -33,7 +33,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,15 @@ import numpy as np
 import zarr
 
 MANIFEST = "manifest"
+#: the manifest's attributes (see :class:`ArraySpec`)
+MANIFEST_ATTRIBUTES = {
+    "long_name": "task record",
+    "units": "1",
+    "description": "one JSON record per task (state, checksum, seconds, host, pid, SLURM "
+    "ids, devices); empty while the task is pending",
+}
+#: why the manifest's ``task`` dimension has no coordinate array
+TASK_DIMENSION = "task id: the grid points in C order, then the ensemble shards (tasks 0..n-1)"
 #: packages whose versions the provenance records
 PACKAGES = ("nnqs-suite", "jax", "jaxlib", "numpy", "scipy", "zarr", "dask", "xarray", "submitit")
 Region = tuple[slice, ...]
@@ -57,7 +66,9 @@ class MetadataError(StoreError):
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One preallocated array: name, dimension names, shape, chunk shape, dtype, fill."""
+    """One preallocated array: name, dimension names, shape, chunk shape, dtype, fill, and
+    what it holds (required, non-empty; written as the array's attributes): ``long_name``,
+    ``units`` (physical units, ``"1"`` when dimensionless) and ``description``."""
 
     name: str
     dims: tuple[str, ...]
@@ -65,6 +76,9 @@ class ArraySpec:
     chunks: tuple[int, ...]
     dtype: str
     fill_value: Any = 0
+    long_name: str = field(kw_only=True)
+    units: str = field(kw_only=True)
+    description: str = field(kw_only=True)
 
     def __post_init__(self) -> None:
         if not (len(self.dims) == len(self.shape) == len(self.chunks)):
@@ -72,6 +86,17 @@ class ArraySpec:
                 f"array {self.name!r}: dims {self.dims}, shape {self.shape} and chunks "
                 f"{self.chunks} must have the same length"
             )
+        empty = [key for key, value in self.attributes.items() if not value.strip()]
+        if empty:
+            raise ValueError(
+                f"array {self.name!r}: {', '.join(empty)} must be non-empty strings "
+                "(units '1' when dimensionless)"
+            )
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """The array's Zarr attributes: ``long_name``, ``units``, ``description``."""
+        return {"long_name": self.long_name, "units": self.units, "description": self.description}
 
 
 @dataclass(frozen=True)
@@ -103,8 +128,8 @@ class SweepStore:
                 f"({type(error).__name__}); `nnqs repair {self.path} --spec SPEC` rebuilds it "
                 "from the spec the store was made from"
             ) from None
-        if "fingerprint" not in self.group.attrs or MANIFEST not in self.group:
-            raise StoreError(f"store {self.path}: not a sweep store (no fingerprint or manifest)")
+        if "fingerprint" not in self.group.attrs:
+            raise StoreError(f"store {self.path}: not a sweep store (no fingerprint)")
 
     # -- creation -------------------------------------------------------------------
 
@@ -118,15 +143,20 @@ class SweepStore:
         tasks: int,
         initial: Mapping[str, np.ndarray] | None = None,
         populate: Callable[[zarr.Group], Sequence[str]] | None = None,
+        unindexed: Mapping[str, str] | None = None,
     ) -> SweepStore:
-        """Create the store at ``path`` (which must not exist) with ``arrays`` preallocated.
+        """Create the store at ``path`` (which must not exist) with ``arrays`` preallocated,
+        each with its attributes (:attr:`ArraySpec.attributes`).
 
         ``initial`` values (coordinates, prepared inputs) are written before the store
-        is renamed into place, as are ``attrs`` plus ``fingerprint`` and the
-        :func:`provenance` of this process; the manifest has ``tasks`` records.
-        ``populate(group)`` may fill more (e.g. Gram matrices) before the rename and
-        returns the names it wrote. The checksum of every array so prepared is kept in
-        the ``prepared`` attribute (:meth:`damaged_prepared` checks them).
+        is renamed into place, as are ``attrs`` plus ``fingerprint``, the
+        :func:`provenance` of this process and ``unindexed_dimensions``; the manifest has
+        ``tasks`` records. ``populate(group)`` may fill more (e.g. Gram matrices) before
+        the rename and returns the names it wrote. The checksum of every array so
+        prepared is kept in the ``prepared`` attribute (:meth:`damaged_prepared` checks
+        them). Every dimension needs a coordinate array (an array named after it, of
+        that one dimension) or its reason for having none in ``unindexed``
+        (:func:`unindexed_dimensions`).
 
         The staging folder ``.<name>.<host>.<pid>.<hex>.creating`` names its creator:
         one left by a dead process of this host is removed here. When another process
@@ -136,6 +166,7 @@ class SweepStore:
         path = Path(path)
         if path.exists():
             raise StoreError(f"store {path}: already exists")
+        reasons = unindexed_dimensions(arrays, {**(unindexed or {}), "task": TASK_DIMENSION})
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphan_staging(path)
         host, pid = socket.gethostname(), os.getpid()
@@ -151,15 +182,26 @@ class SweepStore:
                         dtype=spec.dtype,
                         fill_value=spec.fill_value,
                         dimension_names=spec.dims,
+                        attributes=spec.attributes,
                     )
                 group.create_array(
-                    MANIFEST, shape=(tasks,), chunks=(1,), dtype=str, dimension_names=("task",)
+                    MANIFEST,
+                    shape=(tasks,),
+                    chunks=(1,),
+                    dtype=str,
+                    dimension_names=("task",),
+                    attributes=MANIFEST_ATTRIBUTES,
                 )
                 for name, values in (initial or {}).items():
                     group[name][...] = values
                 written = list(populate(group)) if populate is not None else []
                 group.attrs.update(
-                    {**attrs, "fingerprint": fingerprint, "provenance": provenance()}
+                    {
+                        **attrs,
+                        "fingerprint": fingerprint,
+                        "provenance": provenance(),
+                        "unindexed_dimensions": reasons,
+                    }
                 )
             staged = cls(staging)
             checksums = {name: staged.array_checksum(name) for name in [*(initial or {}), *written]}
@@ -185,7 +227,8 @@ class SweepStore:
         try:
             return self.group[name]
         except KeyError:
-            raise StoreError(f"store {self.path}: no array {name!r}") from None
+            hint = f"; `nnqs repair {self.path}` rebuilds it" if name == MANIFEST else ""
+            raise StoreError(f"store {self.path}: no array {name!r}{hint}") from None
         except Exception as error:  # its zarr.json does not decode
             raise StoreError(
                 f"store {self.path}: the metadata of array {name!r} is unreadable "
@@ -308,13 +351,28 @@ class SweepStore:
             self.group.attrs.update(values)
 
 
+def unindexed_dimensions(arrays: Sequence[ArraySpec], reasons: Mapping[str, str]) -> dict[str, str]:
+    """The dimensions of ``arrays`` that no coordinate array indexes, each with its reason
+    from ``reasons``; a :class:`StoreError` names the first that has neither."""
+    coordinates = {spec.name for spec in arrays if spec.dims == (spec.name,)}
+    dims = dict.fromkeys(dim for spec in arrays for dim in spec.dims if dim not in coordinates)
+    missing = [dim for dim in dims if not reasons.get(dim, "").strip()]
+    if missing:
+        raise StoreError(
+            f"dimension {missing[0]!r}: expected a coordinate array of that name or a reason "
+            "for having none (jobs.studies.base.UNINDEXED)"
+        )
+    return {dim: reasons[dim] for dim in (*dims, "task")}
+
+
 # ---------------------------------------------------------------------------------------
 # provenance
 # ---------------------------------------------------------------------------------------
 
 
 def provenance() -> dict[str, Any]:
-    """Where and with what a store was created: git commit, package versions, host."""
+    """Where and with what a store was created: git commit and whether the checkout had
+    uncommitted changes (:func:`git_state`), package versions, Python, platform, host."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -322,7 +380,7 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "git_commit": _git_commit(),
+        **git_state(Path(__file__).resolve().parents[1]),
         "packages": versions,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -351,11 +409,22 @@ def process_info() -> dict[str, Any]:
     return info
 
 
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[1]
+def git_state(root: Path) -> dict[str, Any]:
+    """``git_commit`` (HEAD) and ``git_dirty`` (tracked files changed, staged or not, as
+    ``git describe --dirty`` counts them; untracked files do not count) of the checkout at
+    ``root``; both ``None`` when ``root`` is not a git checkout or git is missing."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None}
+    changes = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes)}
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git -C root ARGS``: its stripped output, or ``None`` when it fails."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            ["git", "-C", str(root), *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -363,7 +432,7 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def remove_orphan_staging(path: Path) -> list[Path]:

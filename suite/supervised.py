@@ -223,9 +223,38 @@ def relative_deviation(finite: ArrayT, infinite: ArrayT) -> ArrayT:
     return abs(finite - infinite) / infinite
 
 
-def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> float:
-    """Slope of ``log(deviation)`` against ``log(width)`` (least squares)."""
-    return float(np.polyfit(np.log(widths), np.log(deviations), 1)[0])
+#: the fewest widths a width exponent is fitted to (two points leave no residual)
+MIN_EXPONENT_WIDTHS = 3
+
+
+@dataclass(frozen=True)
+class WidthExponent:
+    """A fitted power law ``deviation ~ width^exponent`` and the standard error of the
+    exponent."""
+
+    exponent: float
+    stderr: float
+
+    def __str__(self) -> str:
+        return f"{self.exponent:.3g} ± {self.stderr:.2g}"
+
+
+def width_exponent(widths: Sequence[int], deviations: Sequence[float]) -> WidthExponent | None:
+    """Slope ``b`` of the least-squares line ``log(deviation) = a + b log(width)`` and its
+    standard error ``sqrt(sum(r^2) / (n - 2) / sum((x - mean x)^2))`` (``r`` the residuals,
+    ``x = log(width)``, ``n`` widths; finite-width kernels approach their limit as
+    ``width^(-1/2)``, docs/theory.md §4).
+
+    ``None`` with fewer than :data:`MIN_EXPONENT_WIDTHS` widths or a deviation that is not
+    finite and positive (no power law to fit).
+    """
+    x, y = np.log(np.asarray(widths, float)), np.asarray(deviations, float)
+    if x.size < MIN_EXPONENT_WIDTHS or not np.all(np.isfinite(y) & (y > 0)):
+        return None
+    slope, intercept = np.polyfit(x, np.log(y), 1)
+    residuals = np.log(y) - (intercept + slope * x)
+    variance = residuals @ residuals / (x.size - 2) / np.sum((x - x.mean()) ** 2)
+    return WidthExponent(float(slope), float(np.sqrt(variance)))
 
 
 def infinite_width_curves(

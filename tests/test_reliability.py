@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,23 @@ def test_damaged_manifest_records_are_named_then_repaired(
     assert repaired["tasks_now_pending"] == [3, 4]
     answer = run_nnqs("run", str(spec), "--store", str(store))
     assert answer["tasks_run"] == 2 and answer["aggregated"]
+    assert_identical(store, intact)
+
+
+@pytest.mark.slow
+def test_a_lost_manifest_is_rebuilt_with_every_task_pending(
+    tmp_path: Path, reference: tuple[Path, Path]
+) -> None:
+    spec, intact = reference
+    store = _copy_of(intact, tmp_path)
+    shutil.rmtree(store / "manifest")
+
+    status = _nnqs("status", str(store))
+    assert status.returncode == 2 and "manifest" in status.stderr
+    assert "nnqs repair" in status.stderr and "Traceback" not in status.stderr
+    assert run_nnqs("repair", str(store))["tasks_now_pending"] == list(range(8))
+    answer = run_nnqs("run", str(spec), "--store", str(store))
+    assert answer["tasks_run"] == 8 and answer["aggregated"]
     assert_identical(store, intact)
 
 

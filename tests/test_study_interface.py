@@ -15,6 +15,7 @@ import pytest
 from jobs.registry import Layout, Study, Task, TaskCost, register, study
 from jobs.spec import BASELINE_BYTES, SweepSpec, parse_spec
 from jobs.studies.base import (
+    About,
     aggregation_bytes,
     array_spec,
     coordinate_spec,
@@ -59,8 +60,18 @@ class Norms(Study):
         member, initial["member"] = coordinate_spec("member", np.arange(n_m))
         arrays += [
             member,
-            array_spec("norm", {"width": n_w, "member": n_m}, (1, spec.ensemble.shard_size)),
-            array_spec("mean_norm", {"width": n_w}, (1,)),
+            array_spec(
+                "norm",
+                {"width": n_w, "member": n_m},
+                (1, spec.ensemble.shard_size),
+                about=About("norm", "1", "each member's Gaussian vector's norm"),
+            ),
+            array_spec(
+                "mean_norm",
+                {"width": n_w},
+                (1,),
+                about=About("mean norm", "1", "mean over the members of norm"),
+            ),
         ]
         return Layout(arrays, initial, {}, [])
 

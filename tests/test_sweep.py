@@ -169,7 +169,8 @@ def test_aggregation_reads_one_shard_at_a_time(
     tmp_path: Path, reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A grid point's shard sums are read and added one shard at a time (memory of two
-    shards, not of all of them), and give the reference run's aggregates bit for bit."""
+    shards, not of all of them), and give the reference run's aggregates bit for bit; the
+    jackknife errors read them once more, one at a time."""
     copy = tmp_path / "copy.zarr"
     shutil.copytree(reference, copy)
     store = SweepStore(copy)
@@ -179,7 +180,7 @@ def test_aggregation_reads_one_shard_at_a_time(
     reads = _recording_reads(monkeypatch)
     aggregate(copy, progress=False)
     shards = [shape for name, shape in reads if name in SUMS]
-    assert len(shards) == 2 * 4 * len(SUMS)  # 2 grid points x 4 shards x 5 sums
+    assert len(shards) == 2 * 2 * 4 * len(SUMS)  # twice: 2 grid points x 4 shards x 5 sums
     assert all(shape[3] == 1 for shape in shards)
     assert_identical(reference, copy)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,6 +21,63 @@ from jobs.spec import (
 from suite.store import ArraySpec, SweepStore
 
 NAN = float("nan")
+
+
+class About(NamedTuple):
+    """What an array holds, written as its attributes (:class:`suite.store.ArraySpec`):
+    ``long_name``, ``units`` (``"1"`` when dimensionless) and ``description``."""
+
+    long_name: str
+    units: str
+    description: str
+
+
+#: the coordinate arrays of every built-in study, by dimension name
+COORDINATES = {
+    "width": About("hidden-layer width", "1", "neurons per hidden layer of each network"),
+    "train_size": About("train-set size B", "1", "basis states in the train set"),
+    "lr_factor": About(
+        "learning-rate factor", "1", "learning rate in units of eta_max (docs/theory.md §5)"
+    ),
+    "architecture": About("network architecture", "1", "cosnet, gaussnet or relu (§3)"),
+    "cosnet_s0": About(
+        "CosNet input scale s0", "1", "CosNet's input-weight scale (§3; the grid's scan)"
+    ),
+    "step": About(
+        "gradient-descent step",
+        "1",
+        "logged full-batch gradient-descent steps, log-spaced from 0 (docs/theory.md §5)",
+    ),
+    "curve": About("loss curve", "1", "loss of the mean, mean of the losses; train, test (§5)"),
+    "block": About(
+        "QS-NTK block", "1", "uu, uv, vu, vv: blocks of the kernels of psi = u + i v (§4)"
+    ),
+    "member": About(
+        "ensemble member", "1", "member i is seeded by (sweep.seed, i) whatever the sharding"
+    ),
+    "cut": About(
+        "subsystem size N_A", "1", "sites of subsystem A: the first N_A in row-major order (§6)"
+    ),
+}
+
+#: the dimensions without a coordinate array, and why (written to the store's attributes
+#: as ``unindexed_dimensions``; :func:`suite.store.unindexed_dimensions`)
+UNINDEXED = {
+    "basis": "basis-state index k (docs/theory.md §1); the configurations are `inputs`",
+    "site": "lattice site, row-major (site = y*Lx + x; docs/theory.md §2.1)",
+    "shard": "ensemble shard: members [shard * shard_size, (shard + 1) * shard_size)",
+    "eigen": "eigenvalue index, ascending; NaN-padded beyond 2B for smaller train sizes",
+    "train_point": "position in the train set (ascending basis index); NaN-padded beyond B",
+    "basis_column": "basis-state index k of the Gram's second argument (as `basis`)",
+    "row": "row of the 2B x 2B QS-NTK block matrix [[uu, uv], [vu, vv]] on the train set",
+    "column": "column of the 2B x 2B QS-NTK block matrix (as `row`)",
+}
+
+#: the sentence on NaN padding in the descriptions of arrays padded across train sizes
+NAN_PADDED = (
+    "; padded with NaN along the train-set axis beyond this train size's own length "
+    "(the arrays hold every train size in one shape)"
+)
 
 
 def grid_axes(spec: SweepSpec) -> dict[str, tuple[Any, ...]]:
@@ -66,17 +123,35 @@ def _fill(dtype: Any) -> Any:
 
 
 def array_spec(
-    name: str, dims: dict[str, int], chunks: Sequence[int], dtype: str = "<f8"
+    name: str, dims: dict[str, int], chunks: Sequence[int], dtype: str = "<f8", *, about: About
 ) -> ArraySpec:
-    """A float64 (or ``dtype``) array of named ``dims`` in chunks of ``chunks``."""
-    return ArraySpec(name, tuple(dims), tuple(dims.values()), tuple(chunks), dtype, _fill(dtype))
+    """A float64 (or ``dtype``) array of named ``dims`` in chunks of ``chunks``, holding
+    what ``about`` says."""
+    shape = tuple(dims.values())
+    return ArraySpec(
+        name, tuple(dims), shape, tuple(chunks), dtype, _fill(dtype), **about._asdict()
+    )
 
 
-def coordinate_spec(name: str, values: Sequence[Any]) -> tuple[ArraySpec, np.ndarray]:
-    """A coordinate array of ``values`` (one chunk), and its data."""
+def coordinate_spec(
+    name: str, values: Sequence[Any], about: About | None = None
+) -> tuple[ArraySpec, np.ndarray]:
+    """A coordinate array of ``values`` (one chunk), and its data; ``about`` defaults to
+    the entry of :data:`COORDINATES`."""
+    if about is None and name not in COORDINATES:
+        raise ValueError(f"coordinate {name!r}: expected an entry in COORDINATES or an about=")
     data = np.asarray(values)
     dtype = str if data.dtype.kind == "U" else data.dtype.str
-    return ArraySpec(name, (name,), data.shape, data.shape, dtype, _fill(dtype)), data
+    spec = ArraySpec(
+        name,
+        (name,),
+        data.shape,
+        data.shape,
+        dtype,
+        _fill(dtype),
+        **(about or COORDINATES[name])._asdict(),
+    )
+    return spec, data
 
 
 def write_grams(group: Any, layout: Layout, names: Sequence[str] | None = None) -> list[str]:

@@ -7,7 +7,8 @@ capped by ``training.max_steps``) and the infinite-width loss curves (continuous
 exact discrete steps, and t = inf). A task trains ``shard_size`` members by full-batch
 GD (:func:`suite.training.train_ensemble`) and writes their losses and the shard's
 sufficient statistics at the logged steps; aggregating a grid point gives the ensemble
-mean and variance of ``psi`` and the four loss curves (:func:`suite.training.summarize`).
+mean and variance of ``psi`` and the four loss curves (:func:`suite.training.summarize`),
+and the delete-a-shard jackknife errors of the debiased losses of the mean.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jobs.spec import (
 )
 from jobs.studies.base import (
     NAN,
+    About,
     aggregation_bytes,
     array_spec,
     coordinate_spec,
@@ -39,6 +41,7 @@ from jobs.studies.base import (
 )
 from jobs.studies.problems import (
     BLOCKS,
+    INPUTS,
     basis_and_target,
     check_train_sizes,
     dynamics_nnqs,
@@ -51,7 +54,15 @@ from jobs.studies.problems import (
 from suite.dynamics import TrainSpectrum
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import CURVES, convergence_step, infinite_width_curve_sets, log_steps
-from suite.training import BLOCK_ELEMENTS, SUMS, EnsembleStats, summarize, train_ensemble
+from suite.training import (
+    BLOCK_ELEMENTS,
+    SUMS,
+    EnsembleStats,
+    jackknife_sem,
+    leave_out,
+    summarize,
+    train_ensemble,
+)
 from suite.training.engines import flops_per_member_step
 
 #: the dynamics aggregation's per-step curves (docs/theory.md §5; suite.training.EnsembleSummary)
@@ -63,6 +74,10 @@ AGGREGATED_CURVES = (
     "train_loss_of_mean_debiased",
     "test_loss_of_mean_debiased",
 )
+
+#: the curves given a delete-a-shard jackknife standard error, stored as ``<curve>_sem``
+#: (a mean of the losses' error comes from its members' losses; docs/theory.md §5)
+JACKKNIFED_CURVES = ("train_loss_of_mean_debiased", "test_loss_of_mean_debiased")
 
 
 class Dynamics(Study):
@@ -173,6 +188,11 @@ class Dynamics(Study):
         store.write("ensemble_variance", (*at, *whole), summary.variance[None, None, None])
         for name in AGGREGATED_CURVES:
             store.write(name, (*at, slice(None)), getattr(summary, name)[None, None, None])
+        if f"{JACKKNIFED_CURVES[0]}_sem" not in store.group:
+            return  # a store created before the jackknife errors: they stay absent
+        errors = _jackknife_errors(store, at, stats, store.read("phi"), train)
+        for name, values in errors.items():
+            store.write(f"{name}_sem", (*at, slice(None)), values[None, None, None])
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """GD steps (:func:`suite.training.engines.flops_per_member_step`, and ``12 B n^2``
@@ -200,7 +220,8 @@ class Dynamics(Study):
         the host, encoded); the basis inputs; the compiled programs of the grid points a
         process may run in turn (``PROGRAM_BYTES`` each). Aggregating a point: its shards'
         sums accumulated one shard at a time, with the estimators of
-        ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays."""
+        ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays, and for the
+        jackknife errors one shard's sums and the rest's again (10 more)."""
         width, members = max(spec.grid.widths), spec.ensemble.shard_size
         itemsize = 4 if spec.sweep.dtype == "float32" else 8
         basis = target_basis(spec)
@@ -216,7 +237,7 @@ class Dynamics(Study):
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         parameters = 3 * itemsize * members * parameter_count(spec, width)
         shard = BASELINE_BYTES + programs + parameters + intermediates + sums + inputs
-        point = 25 * 8 * steps * dimension + 2 * 2 * 8 * spec.ensemble.members * steps
+        point = 35 * 8 * steps * dimension + 3 * 2 * 8 * spec.ensemble.members * steps
         return {
             "preparation": preparation_bytes(spec),
             "shard": shard,
@@ -288,6 +309,65 @@ def _infinite_curves(
     return continuous, discrete, at_infinity
 
 
+#: the shard sums of ``suite.training.SUMS`` (docs/theory.md §5)
+SUM_ABOUT = {
+    name: About(
+        f"shard sum of {term}",
+        "1",
+        f"sum over the shard's members of {term} at each logged step and basis state "
+        "(psi = u + i v; docs/theory.md §5)",
+    )
+    for name, term in zip(SUMS, ("u", "v", "u^2", "v^2", "u v"), strict=True)
+}
+
+#: the aggregated loss curves (docs/theory.md §5, Eqs. 16-18)
+CURVE_ABOUT = {
+    f"{part}_{kind}": About(
+        f"{part} {kind.replace('_', ' ')}",
+        "1",
+        f"ensemble's {words} on the {part} set (mean of |psi - phi|^2 over the set) at "
+        "each logged step (docs/theory.md §5)",
+    )
+    for part in ("train", "test")
+    for kind, words in (
+        ("mean_of_losses", "mean over members of the loss"),
+        ("loss_of_mean", "loss of the ensemble-mean prediction"),
+        (
+            "loss_of_mean_debiased",
+            "loss of the mean less its finite-ensemble bias (suite.training.summarize)",
+        ),
+    )
+}
+
+
+def _jackknife_errors(
+    store: SweepStore, at: Region, total: EnsembleStats, phi: np.ndarray, train: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Delete-a-shard jackknife standard errors of :data:`JACKKNIFED_CURVES` at the grid
+    point ``at`` (:func:`suite.training.jackknife_sem` over the estimates without each
+    shard, :func:`suite.training.leave_out`); NaN with a single shard. One shard's sums
+    are read at a time."""
+    shards = store.array(SUMS[0]).shape[len(at)]
+    if shards < 2:
+        return {name: np.full(total.steps.size, np.nan) for name in JACKKNIFED_CURVES}
+    size = store.array("member_train_loss").chunks[len(at)]
+    estimates = []
+    for shard in range(shards):
+        region = (*at, slice(shard, shard + 1), slice(None), slice(None))
+        sums = {name: store.read(name, region)[(0,) * (len(at) + 1)] for name in SUMS}
+        members = slice(shard * size, (shard + 1) * size)
+        part = EnsembleStats(
+            total.members[members],
+            total.steps,
+            total.train_loss[:, members],
+            total.test_loss[:, members],
+            **sums,
+        )
+        rest = summarize(leave_out(total, part), phi, train)
+        estimates.append([getattr(rest, name) for name in JACKKNIFED_CURVES])
+    return dict(zip(JACKKNIFED_CURVES, jackknife_sem(np.asarray(estimates)), strict=True))
+
+
 def _arrays(
     spec: SweepSpec, basis_shape: tuple[int, int], n_l: int
 ) -> tuple[list[ArraySpec], list[ArraySpec]]:
@@ -300,39 +380,138 @@ def _arrays(
     point = (1, 1, 1)
     rates = {"train_size": n_t, "lr_factor": n_r}
     finite = [
-        array_spec(name, {**shape, "member": n_m, "step": n_l}, (*point, size, n_l))
-        for name in ("member_train_loss", "member_test_loss")
+        array_spec(
+            f"member_{part}_loss",
+            {**shape, "member": n_m, "step": n_l},
+            (*point, size, n_l),
+            about=About(
+                f"member {part} loss",
+                "1",
+                f"each member's loss on the {part} set, the mean of |psi - phi|^2 over it "
+                "(docs/theory.md §5)",
+            ),
+        )
+        for part in ("train", "test")
     ] + [
         array_spec(
             name,
             {**shape, "shard": n_s, "step": n_l, "basis": dimension},
             (*point, 1, n_l, dimension),
+            about=SUM_ABOUT[name],
         )
         for name in SUMS
     ]
-    prepared = (
-        [
-            array_spec("inputs", {"basis": dimension, "site": n_sites}, (dimension, n_sites)),
-            array_spec("phi", {"basis": dimension}, (dimension,), "<c16"),
-            array_spec("eta_max", {"train_size": n_t}, (n_t,)),
-            array_spec("learning_rate", rates, (n_t, n_r)),
-            array_spec("convergence_step", rates, (n_t, n_r), "<i8"),
-        ]
-        + [
-            array_spec(
-                f"infinite_{name}",
-                {**rates, "curve": len(CURVES), "step": n_l},
-                (n_t, n_r, len(CURVES), n_l),
-            )
-            for name in ("continuous", "discrete")
-        ]
-        + [array_spec("infinite_t_inf", {**rates, "curve": len(CURVES)}, (n_t, n_r, len(CURVES)))]
-    )
+    curves = {**rates, "curve": len(CURVES), "step": n_l}
+    prepared = [
+        array_spec(
+            "inputs", {"basis": dimension, "site": n_sites}, (dimension, n_sites), about=INPUTS
+        ),
+        array_spec(
+            "phi",
+            {"basis": dimension},
+            (dimension,),
+            "<c16",
+            about=About(
+                "target amplitude phi",
+                "1",
+                "the quench target on the basis, scaled by training.target_scale "
+                "(unit-rms: mean |phi|^2 = 1; docs/theory.md §2.3, §5)",
+            ),
+        ),
+        array_spec(
+            "eta_max",
+            {"train_size": n_t},
+            (n_t,),
+            about=About("largest stable learning rate", "1", "eta_max = 2B / lambda_max (§5)"),
+        ),
+        array_spec(
+            "learning_rate",
+            rates,
+            (n_t, n_r),
+            about=About("learning rate eta", "1", "lr_factor x eta_max (docs/theory.md §5)"),
+        ),
+        array_spec(
+            "convergence_step",
+            rates,
+            (n_t, n_r),
+            "<i8",
+            about=About(
+                "infinite-width convergence step",
+                "1",
+                "first step at which the infinite-width train loss is training.tolerance of "
+                "its start (§5)",
+            ),
+        ),
+        array_spec(
+            "infinite_continuous",
+            curves,
+            (n_t, n_r, len(CURVES), n_l),
+            about=About(
+                "infinite-width loss, gradient flow",
+                "1",
+                "the four loss curves of the infinite-width prediction in continuous time at "
+                "the logged steps (docs/theory.md §5)",
+            ),
+        ),
+        array_spec(
+            "infinite_discrete",
+            curves,
+            (n_t, n_r, len(CURVES), n_l),
+            about=About(
+                "infinite-width loss, discrete steps",
+                "1",
+                "the four loss curves of the infinite-width prediction after exactly `step` "
+                "gradient-descent steps (docs/theory.md §5)",
+            ),
+        ),
+        array_spec(
+            "infinite_t_inf",
+            {**rates, "curve": len(CURVES)},
+            (n_t, n_r, len(CURVES)),
+            about=About(
+                "infinite-width loss at t = inf",
+                "1",
+                "the four loss curves of the infinite-width prediction at t -> infinity (§5)",
+            ),
+        ),
+    ]
     per_step = {**shape, "step": n_l, "basis": dimension}
     aggregated = [
-        array_spec("ensemble_mean", per_step, (*point, n_l, dimension), "<c16"),
-        array_spec("ensemble_variance", per_step, (*point, n_l, dimension)),
-    ] + [array_spec(name, {**shape, "step": n_l}, (*point, n_l)) for name in AGGREGATED_CURVES]
+        array_spec(
+            "ensemble_mean",
+            per_step,
+            (*point, n_l, dimension),
+            "<c16",
+            about=About("ensemble mean of psi", "1", "mean over the members of psi = u + i v (§5)"),
+        ),
+        array_spec(
+            "ensemble_variance",
+            per_step,
+            (*point, n_l, dimension),
+            about=About(
+                "ensemble variance of psi",
+                "1",
+                "population variance (1/M) over the members of psi, mean |psi - mean psi|^2 (§5)",
+            ),
+        ),
+    ] + [
+        array_spec(name, {**shape, "step": n_l}, (*point, n_l), about=CURVE_ABOUT[name])
+        for name in AGGREGATED_CURVES
+    ]
+    aggregated += [
+        array_spec(
+            f"{name}_sem",
+            {**shape, "step": n_l},
+            (*point, n_l),
+            about=About(
+                f"standard error of the {CURVE_ABOUT[name].long_name}",
+                "1",
+                f"delete-a-shard jackknife standard error of {name} (NaN with one shard; "
+                "docs/theory.md §5)",
+            ),
+        )
+        for name in JACKKNIFED_CURVES
+    ]
     return finite + prepared, aggregated
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from jobs.registry import Layout, Study, Task, TaskCost, register
 from jobs.spec import BASELINE_BYTES, SpecChecker, SweepSpec
 from jobs.studies.base import (
+    About,
     aggregation_bytes,
     array_spec,
     coordinate_spec,
@@ -47,6 +48,31 @@ ENTANGLEMENT_STATISTICS = (
     "ratio_renyi2",
     "sem_ratio_renyi2",
 )
+#: the aggregated statistics' attributes (docs/theory.md §6; natural logarithms)
+STATISTIC_ABOUT = {
+    "mean_von_neumann": About(
+        "mean von Neumann entropy", "nat", "mean over the members of S_vN of subsystem A (§6)"
+    ),
+    "sem_von_neumann": About(
+        "standard error of the mean S_vN", "nat", "sample std (ddof 1) of S_vN / sqrt(M) (§6)"
+    ),
+    "mean_renyi2": About(
+        "mean Renyi-2 entropy", "nat", "mean over the members of S_2 = -ln Tr rho_A^2 (§6)"
+    ),
+    "sem_renyi2": About(
+        "standard error of the mean S_2", "nat", "sample std (ddof 1) of S_2 / sqrt(M) (§6)"
+    ),
+    "ratio_renyi2": About(
+        "Renyi-2 replica ratio",
+        "nat",
+        "-ln(mean Tr rho~_A^2 / mean (Tr rho~)^2) over the members: the finite-ensemble "
+        "quantity the GP estimate predicts (docs/theory.md §6)",
+    ),
+    "sem_ratio_renyi2": About(
+        "jackknife error of the replica ratio", "nat", "leave-one-member-out jackknife (§6)"
+    ),
+}
+
 #: hidden activations evaluated at once when computing a shard's amplitudes
 CHUNK_ENTRIES = 2**25
 
@@ -139,19 +165,59 @@ class Entanglement(Study):
         arrays = (
             coords
             + [
-                array_spec("page", {"cut": n_c}, (n_c,)),
-                array_spec("haar_renyi2", {"cut": n_c}, (n_c,)),
+                array_spec(
+                    "page",
+                    {"cut": n_c},
+                    (n_c,),
+                    about=About("Page value", "nat", "mean S_vN of Haar-random pure states (§6)"),
+                ),
+                array_spec(
+                    "haar_renyi2",
+                    {"cut": n_c},
+                    (n_c,),
+                    about=About(
+                        "Haar Renyi-2 value",
+                        "nat",
+                        "-ln of the Haar mean purity of subsystem A (docs/theory.md §6)",
+                    ),
+                ),
                 array_spec(
                     "gp_renyi2",
                     {"architecture": n_a, "cosnet_s0": n_s, "cut": n_c},
                     (n_a, n_s, n_c),
+                    about=About(
+                        "GP Renyi-2 estimate",
+                        "nat",
+                        "the infinite-width (NNGP) replica estimate of S_2 (docs/theory.md §6)",
+                    ),
                 ),
-                array_spec("von_neumann", {**point, "member": n_m, "cut": n_c}, (*one, size, n_c)),
-                array_spec("purity", {**point, "member": n_m, "cut": n_c}, (*one, size, n_c)),
-                array_spec("norm_sq", {**point, "member": n_m}, (*one, size)),
+                array_spec(
+                    "von_neumann",
+                    {**point, "member": n_m, "cut": n_c},
+                    (*one, size, n_c),
+                    about=About("von Neumann entropy", "nat", "each member's S_vN of A (§6)"),
+                ),
+                array_spec(
+                    "purity",
+                    {**point, "member": n_m, "cut": n_c},
+                    (*one, size, n_c),
+                    about=About(
+                        "purity", "1", "each member's Tr rho_A^2 of the normalised state (§6)"
+                    ),
+                ),
+                array_spec(
+                    "norm_sq",
+                    {**point, "member": n_m},
+                    (*one, size),
+                    about=About(
+                        "squared norm",
+                        "1",
+                        "each member's unnormalised sum over the basis of |psi|^2 (§6)",
+                    ),
+                ),
             ]
             + [
-                array_spec(name, {**point, "cut": n_c}, (*one, n_c))
+                array_spec(name, {**point, "cut": n_c}, (*one, n_c), about=STATISTIC_ABOUT[name])
                 for name in ENTANGLEMENT_STATISTICS
             ]
         )

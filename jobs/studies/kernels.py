@@ -19,6 +19,7 @@ import numpy as np
 from jobs.registry import Layout, Study, Task, TaskCost, register
 from jobs.spec import BASELINE_BYTES, SpecChecker, SweepSpec
 from jobs.studies.base import (
+    About,
     aggregation_bytes,
     array_spec,
     coordinate_spec,
@@ -28,6 +29,7 @@ from jobs.studies.base import (
 )
 from jobs.studies.problems import (
     BLOCKS,
+    INPUTS,
     basis_and_target,
     check_train_sizes,
     dynamics_nnqs,
@@ -88,26 +90,66 @@ class Kernels(Study):
             coords.append(array)
             initial[name] = data
         train_arrays, train_values, grams = train_set_arrays(spec, inputs, trains, blocks)
+        square = {"row": 2 * b_max, "column": 2 * b_max}
         arrays = [
             *coords,
             *train_arrays,
-            array_spec("inputs", {"basis": dimension, "site": inputs.shape[1]}, inputs.shape),
             array_spec(
-                "ntk_train", {"row": 2 * b_max, "column": 2 * b_max}, (2 * b_max, 2 * b_max)
+                "inputs", {"basis": dimension, "site": inputs.shape[1]}, inputs.shape, about=INPUTS
             ),
-            array_spec("empirical_deviation", {"width": n_w, "member": n_m}, (1, size)),
+            array_spec(
+                "ntk_train",
+                square,
+                (2 * b_max, 2 * b_max),
+                about=About(
+                    "infinite-width QS-NTK on the train set",
+                    "1",
+                    "the 2B x 2B block matrix [[uu, uv], [vu, vv]] of the infinite-width NTK "
+                    "on the largest train set (docs/theory.md §4)",
+                ),
+            ),
+            array_spec(
+                "empirical_deviation",
+                {"width": n_w, "member": n_m},
+                (1, size),
+                about=About(
+                    "member's QS-NTK distance",
+                    "1",
+                    "each member's ||Theta_empirical - Theta_inf||_F / ||Theta_inf||_F on the "
+                    "largest train set (docs/theory.md §4)",
+                ),
+            ),
             array_spec(
                 "empirical_sum",
-                {
-                    "width": n_w,
-                    "shard": spec.ensemble.shards,
-                    "row": 2 * b_max,
-                    "column": 2 * b_max,
-                },
+                {"width": n_w, "shard": spec.ensemble.shards, **square},
                 (1, 1, 2 * b_max, 2 * b_max),
+                about=About(
+                    "shard sum of empirical QS-NTKs",
+                    "1",
+                    "sum over the shard's members of the 2B x 2B empirical QS-NTK (§4)",
+                ),
             ),
-            array_spec("mean_empirical_deviation", {"width": n_w}, (1,)),
-            array_spec("deviation_of_mean_kernel", {"width": n_w}, (1,)),
+            array_spec(
+                "mean_empirical_deviation",
+                {"width": n_w},
+                (1,),
+                about=About(
+                    "mean member QS-NTK distance",
+                    "1",
+                    "mean over the members of empirical_deviation (docs/theory.md §4)",
+                ),
+            ),
+            array_spec(
+                "deviation_of_mean_kernel",
+                {"width": n_w},
+                (1,),
+                about=About(
+                    "QS-NTK distance of the mean kernel",
+                    "1",
+                    "relative Frobenius distance of the members' mean empirical QS-NTK from "
+                    "the infinite-width one (docs/theory.md §4)",
+                ),
+            ),
         ]
         initial.update(
             train_values, inputs=inputs, ntk_train=blocks[int(np.argmax(spec.grid.train_sizes))]

@@ -17,7 +17,7 @@ from jobs.spec import (
     target_dimension,
     usable_cores,
 )
-from jobs.studies.base import NAN, array_spec
+from jobs.studies.base import NAN, NAN_PADDED, About, array_spec
 from suite import networks
 from suite.dynamics import TrainSpectrum
 from suite.store import ArraySpec
@@ -26,6 +26,14 @@ from suite.targets import build_target, make_spec
 
 #: QS-NTK blocks, in the order of the ``block`` axis
 BLOCKS = ("uu", "uv", "vu", "vv")
+
+#: the basis inputs of the dynamics and kernels stores
+INPUTS = About(
+    "network input",
+    "1",
+    "each basis state as the networks see it: spins as +-1, Hubbard sites as 0, 1, 2, 3 "
+    "(empty, down, up, double; docs/theory.md §1)",
+)
 
 
 def dynamics_nnqs(spec: SweepSpec, width: int) -> networks.NNQS:
@@ -72,12 +80,35 @@ def train_set_arrays(
         spectra[t, : 2 * train.size] = np.linalg.eigvalsh(block)
         masks[t, train] = True
     arrays = [
-        array_spec("train_mask", {"train_size": n_t, "basis": dimension}, (n_t, dimension), "|b1"),
-        array_spec("ntk_spectrum", {"train_size": n_t, "eigen": 2 * b_max}, (n_t, 2 * b_max)),
+        array_spec(
+            "train_mask",
+            {"train_size": n_t, "basis": dimension},
+            (n_t, dimension),
+            "|b1",
+            about=About(
+                "train-set membership", "1", "true where a basis state is in the train set"
+            ),
+        ),
+        array_spec(
+            "ntk_spectrum",
+            {"train_size": n_t, "eigen": 2 * b_max},
+            (n_t, 2 * b_max),
+            about=About(
+                "QS-NTK eigenvalues on the train set",
+                "1",
+                "eigenvalues of the 2B x 2B infinite-width QS-NTK block matrix, ascending "
+                "(docs/theory.md §4-§5)" + NAN_PADDED,
+            ),
+        ),
         array_spec(
             "ntk_basis_train",
             {"train_size": n_t, "block": len(BLOCKS), "basis": dimension, "train_point": b_max},
             (1, 1, min(dimension, spec.kernels.block), b_max),
+            about=About(
+                "infinite-width NTK between basis and train set",
+                "1",
+                "Theta(basis, train) per QS-NTK block (docs/theory.md §4)" + NAN_PADDED,
+            ),
         ),
     ]
     nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
@@ -97,9 +128,14 @@ def full_gram_arrays(spec: SweepSpec, inputs: np.ndarray) -> tuple[list[ArraySpe
     tile = min(dimension, spec.kernels.block)
     nnqs = dynamics_nnqs(spec, spec.grid.widths[0])
     arrays, grams = [], []
-    for name, index in (("nngp", 0), ("ntk", 1)):
+    for name, index, long_name in (("nngp", 0, "NNGP"), ("ntk", 1, "NTK")):
         dims = {"block": len(BLOCKS), "basis": dimension, "basis_column": dimension}
-        arrays.append(array_spec(name, dims, (1, tile, tile)))
+        about = About(
+            f"infinite-width {long_name} on the basis",
+            "1",
+            f"the D x D {long_name} Gram matrix per block (docs/theory.md §4)",
+        )
+        arrays.append(array_spec(name, dims, (1, tile, tile), about=about))
         grams += [
             (name, (b,), kernel_block(nnqs, index, block), inputs, inputs)
             for b, block in enumerate(BLOCKS)

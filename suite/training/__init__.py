@@ -78,7 +78,15 @@ The package's modules: :mod:`~suite.training.statistics` (results and estimators
 from suite.training.ensemble import Method, train_ensemble
 from suite.training.fastpath import Template, fast_template
 from suite.training.layout import ACCELERATOR_BLOCK_ELEMENTS, BLOCK_ELEMENTS
-from suite.training.statistics import SUMS, EnsembleStats, EnsembleSummary, combine, summarize
+from suite.training.statistics import (
+    SUMS,
+    EnsembleStats,
+    EnsembleSummary,
+    combine,
+    jackknife_sem,
+    leave_out,
+    summarize,
+)
 from suite.training.validation import DTYPES
 
 __all__ = [
@@ -92,6 +100,8 @@ __all__ = [
     "Template",
     "combine",
     "fast_template",
+    "jackknife_sem",
+    "leave_out",
     "summarize",
     "train_ensemble",
 ]

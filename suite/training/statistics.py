@@ -82,6 +82,34 @@ def combine(shards: Sequence[EnsembleStats]) -> EnsembleStats:
     )
 
 
+def leave_out(total: EnsembleStats, part: EnsembleStats) -> EnsembleStats:
+    """The ensemble ``total`` without its shard ``part`` (the inverse of :func:`combine`):
+    ``part``'s members and losses removed, its sums subtracted."""
+    keep = ~np.isin(total.members, part.members)
+    if keep.sum() != total.count - part.count:
+        raise ValueError("part's members must all be members of total")
+    sums = {name: getattr(total, name) - getattr(part, name) for name in SUMS}
+    return EnsembleStats(
+        members=total.members[keep],
+        steps=total.steps.copy(),
+        train_loss=total.train_loss[:, keep],
+        test_loss=total.test_loss[:, keep],
+        **sums,
+    )
+
+
+def jackknife_sem(leave_one_out: np.ndarray) -> np.ndarray:
+    """Jackknife standard error of an estimate from its ``g`` leave-one-(group-)out values
+    along axis 0: ``sqrt((g - 1)/g sum_i (theta_(i) - mean theta_(.))^2)``; NaN when
+    ``g < 2``."""
+    values = np.asarray(leave_one_out, dtype=float)
+    groups = values.shape[0]
+    if groups < 2:
+        return np.full(values.shape[1:], np.nan)
+    spread = values - values.mean(axis=0)
+    return np.sqrt((groups - 1) / groups * np.sum(spread**2, axis=0))
+
+
 @dataclass(frozen=True)
 class EnsembleSummary:
     """Ensemble mean, variance and losses of M members at the logged steps (docs/theory.md §5).
