@@ -197,11 +197,11 @@ study = "dynamics"
 [target]
 model = "tfim"
 [grid]
-widths = [256]
+widths = [384]
 train_sizes = [128]
 [ensemble]
-members = 80
-shard_size = 4
+members = 120
+shard_size = 6
 [training]
 log_points = 4
 max_steps = 20000
@@ -216,7 +216,8 @@ signal_delay_s = 15
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_checkpointable_job_requeues_at_its_time_limit(slurm_cluster: Path, tmp_path: Path) -> None:
-    # one array element for 20 tasks of ~3-12 s each (more than one run can do), a 2-minute
+    # one array element for 20 tasks of ~7-27 s each (2-3 times what one run can do: at
+    # ~3-12 s a task, a CI run once finished all 20 before its limit), a 2-minute
     # limit and SIGUSR2 15 s before it: SLURM signals the first run at its time limit,
     # submitit requeues the element and each later run skips what the store holds. SLURM
     # checks time limits every 30 s and may signal up to 60 s early (sbatch --signal: "the
