@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suite.store import process_info
+from suite.store import process_alive, process_info
 
 CLAIMS = ".claims"
 
@@ -128,20 +128,10 @@ def owner_alive(info: dict[str, Any], queue: Callable[[], set[str] | None]) -> b
     if info.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, KeyError, ValueError):
+        pid = int(info["pid"])
+    except (KeyError, ValueError):
         return False
-    except PermissionError:
-        return True
-    return _not_zombie(int(info["pid"]))
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] != "Z"
+    return process_alive(pid)
 
 
 def slurm_jobs() -> set[str] | None:

@@ -28,18 +28,19 @@ from typing import Any
 
 import zarr
 
-from jobs.registry import study
+from jobs.registry import Layout, study
 from jobs.spec import SweepSpec, load_spec, store_spec
 from jobs.studies import expand, write_grams
 from jobs.studies.base import UNINDEXED
 from jobs.sweep import intact
 from suite.store import (
     MANIFEST,
-    MANIFEST_ATTRIBUTES,
     TASK_DIMENSION,
     MetadataError,
     StoreError,
     SweepStore,
+    create_array,
+    create_manifest,
     provenance,
     unindexed_dimensions,
 )
@@ -51,23 +52,24 @@ def repair(path: str | os.PathLike[str], spec_source: str | None = None) -> dict
     if not path.is_dir():
         raise StoreError(f"store {path}: no such directory")
     given = load_spec(spec_source) if spec_source else None
-    rebuilt_root = False
+    layout = None  # computed (the store's whole preparation) only when something needs it
     try:
         store = SweepStore(path)
     except MetadataError:
         if given is None:
             raise
-        store = _rebuild_root(path, given)
-        rebuilt_root = True
+        layout = _layout(given)
+        store = _rebuild_root(path, given, layout)
+    rebuilt_root = layout is not None
     spec = store_spec(store)
     if given is not None and given.fingerprint() != spec.fingerprint():
         raise StoreError(
             f"store {path} holds another sweep than spec {given.source} (their fingerprints differ)"
         )
     pending = _repair_manifest(store, len(expand(spec)))
-    damaged = sorted(store.attrs["prepared"]) if rebuilt_root else store.damaged_prepared()
+    damaged = _prepared_names(layout) if layout is not None else store.damaged_prepared()
     if damaged:
-        _rebuild_prepared(store, spec, damaged, record=rebuilt_root)
+        _rebuild_prepared(store, layout or _layout(spec), damaged, record=rebuilt_root)
     changed = bool(pending or damaged or rebuilt_root)
     if changed:
         store.forget_aggregation()
@@ -86,7 +88,7 @@ def repair_prepared(store: SweepStore) -> list[str]:
     and a resubmit do this first); return their names."""
     damaged = store.damaged_prepared()
     if damaged:
-        _rebuild_prepared(store, store_spec(store), damaged)
+        _rebuild_prepared(store, _layout(store_spec(store)), damaged)
         store.forget_aggregation()
     return damaged
 
@@ -100,15 +102,7 @@ def _repair_manifest(store: SweepStore, tasks: int) -> list[int]:
         if manifest.shape != (tasks,):
             raise StoreError("manifest of the wrong shape")
     except Exception:  # the manifest array itself is gone or unreadable: all pending
-        store.group.create_array(
-            MANIFEST,
-            shape=(tasks,),
-            chunks=(1,),
-            dtype=str,
-            dimension_names=("task",),
-            attributes=MANIFEST_ATTRIBUTES,
-            overwrite=True,
-        )
+        create_manifest(store.group, tasks, overwrite=True)
         return list(range(tasks))
     pending = []
     for task in range(tasks):
@@ -124,25 +118,24 @@ def _repair_manifest(store: SweepStore, tasks: int) -> list[int]:
     return pending
 
 
+def _layout(spec: SweepSpec) -> Layout:
+    """The store layout of ``spec``: computing it prepares everything (target, kernels)."""
+    return study(spec.sweep.study).layout(spec)
+
+
+def _prepared_names(layout: Layout) -> list[str]:
+    """The arrays written when a store of ``layout`` is created (their checksums kept)."""
+    return [*layout.initial, *(name for name, *_ in layout.grams)]
+
+
 def _rebuild_prepared(
-    store: SweepStore, spec: SweepSpec, names: list[str], record: bool = False
+    store: SweepStore, layout: Layout, names: list[str], record: bool = False
 ) -> None:
-    """Recreate and rewrite the prepared arrays ``names`` from the spec; check each
+    """Recreate and rewrite the prepared arrays ``names`` of ``layout``; check each
     against its recorded checksum (``record``: record the new checksums instead)."""
-    layout = study(spec.sweep.study).layout(spec)
     declared = {array.name: array for array in layout.arrays}
     for name in names:
-        array = declared[name]
-        store.group.create_array(
-            name,
-            shape=array.shape,
-            chunks=array.chunks,
-            dtype=array.dtype,
-            fill_value=array.fill_value,
-            dimension_names=array.dims,
-            attributes=array.attributes,
-            overwrite=True,
-        )
+        create_array(store.group, declared[name], overwrite=True)
         if name in layout.initial:
             store.group[name][...] = layout.initial[name]
     write_grams(store.group, layout, [name for name in names if name not in layout.initial])
@@ -159,11 +152,9 @@ def _rebuild_prepared(
         )
 
 
-def _rebuild_root(path: Path, spec: SweepSpec) -> SweepStore:
-    """A fresh root ``zarr.json`` for the store at ``path`` from ``spec`` (arrays kept);
-    the prepared arrays' checksums are recorded when they are rewritten."""
-    layout = study(spec.sweep.study).layout(spec)
-    prepared = [*layout.initial, *(name for name, *_ in layout.grams)]
+def _rebuild_root(path: Path, spec: SweepSpec, layout: Layout) -> SweepStore:
+    """A fresh root ``zarr.json`` for the store at ``path`` from ``spec`` and its ``layout``
+    (arrays kept); the prepared arrays' checksums are recorded when they are rewritten."""
     (path / "zarr.json").unlink()
     group = zarr.open_group(path, mode="a", zarr_format=3)
     group.attrs.update(
@@ -176,7 +167,6 @@ def _rebuild_root(path: Path, spec: SweepSpec) -> SweepStore:
             "unindexed_dimensions": unindexed_dimensions(
                 layout.arrays, {**UNINDEXED, "task": TASK_DIMENSION}
             ),
-            "prepared": dict.fromkeys(prepared, ""),
         }
     )
     return SweepStore(path)

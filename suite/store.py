@@ -175,23 +175,8 @@ class SweepStore:
             with _quiet():
                 group = zarr.open_group(staging, mode="w-", zarr_format=3)
                 for spec in arrays:
-                    group.create_array(
-                        spec.name,
-                        shape=spec.shape,
-                        chunks=spec.chunks,
-                        dtype=spec.dtype,
-                        fill_value=spec.fill_value,
-                        dimension_names=spec.dims,
-                        attributes=spec.attributes,
-                    )
-                group.create_array(
-                    MANIFEST,
-                    shape=(tasks,),
-                    chunks=(1,),
-                    dtype=str,
-                    dimension_names=("task",),
-                    attributes=MANIFEST_ATTRIBUTES,
-                )
+                    create_array(group, spec)
+                create_manifest(group, tasks)
                 for name, values in (initial or {}).items():
                     group[name][...] = values
                 written = list(populate(group)) if populate is not None else []
@@ -435,6 +420,36 @@ def _git(root: Path, *args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def create_array(group: zarr.Group, spec: ArraySpec, overwrite: bool = False) -> zarr.Array:
+    """The array ``spec`` declares, empty (fill values), in ``group`` (``overwrite``: in
+    place of one of that name, whose chunks go)."""
+    with _quiet():
+        return group.create_array(
+            spec.name,
+            shape=spec.shape,
+            chunks=spec.chunks,
+            dtype=spec.dtype,
+            fill_value=spec.fill_value,
+            dimension_names=spec.dims,
+            attributes=spec.attributes,
+            overwrite=overwrite,
+        )
+
+
+def create_manifest(group: zarr.Group, tasks: int, overwrite: bool = False) -> zarr.Array:
+    """The manifest of ``tasks`` records, all pending, in ``group``."""
+    with _quiet():
+        return group.create_array(
+            MANIFEST,
+            shape=(tasks,),
+            chunks=(1,),
+            dtype=str,
+            dimension_names=("task",),
+            attributes=MANIFEST_ATTRIBUTES,
+            overwrite=overwrite,
+        )
+
+
 def remove_orphan_staging(path: Path) -> list[Path]:
     """Remove the staging folders of ``path`` (:meth:`SweepStore.create`) whose creator
     was a process of this host that no longer runs; return them. Another host's, or a
@@ -445,20 +460,26 @@ def remove_orphan_staging(path: Path) -> list[Path]:
         creator = staging.name[len(prefix) : -len(".creating")].rsplit(".", 2)
         if len(creator) != 3 or creator[0] != host or not creator[1].isdigit():
             continue
-        if not _process_runs(int(creator[1])):
+        if not process_alive(int(creator[1])):
             shutil.rmtree(staging, ignore_errors=True)
             removed.append(staging)
     return removed
 
 
-def _process_runs(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, exited but not yet reaped,
+    does not; one we may not signal does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] != "Z"
 
 
 def _check_aligned(name: str, array: zarr.Array, region: Region) -> None:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import suite  # noqa: F401  (first: enables JAX float64)
 
@@ -63,6 +64,15 @@ def _copy_of(reference: Path, tmp: Path) -> Path:
     copy = tmp / "damaged.zarr"
     subprocess.run(["cp", "-a", str(reference), str(copy)], check=True)
     return copy
+
+
+def _rerun_restores(spec: Path, store: Path, intact: Path, recomputed: int) -> dict[str, Any]:
+    """``nnqs run`` on the damaged ``store`` recomputes ``recomputed`` tasks, aggregates, and
+    leaves it bitwise equal to ``intact``; its answer."""
+    answer = run_nnqs("run", str(spec), "--store", str(store))
+    assert answer["tasks_run"] == recomputed and answer["aggregated"]
+    assert_identical(store, intact)
+    return answer
 
 
 @pytest.mark.slow
@@ -139,10 +149,8 @@ def test_a_plain_run_recomputes_a_corrupt_task_before_aggregating(
     data[len(data) // 2] ^= 0x10
     chunk.write_bytes(bytes(data))
 
-    answer = run_nnqs("run", str(spec), "--store", str(store))
-    assert answer["tasks_run"] == 1 and answer["tasks"]["corrupt"] == 0
-    assert answer["aggregated"]
-    assert_identical(store, intact)
+    answer = _rerun_restores(spec, store, intact, recomputed=1)
+    assert answer["tasks"]["corrupt"] == 0
 
 
 @pytest.mark.slow
@@ -157,10 +165,8 @@ def test_a_damaged_prepared_array_is_found_and_rebuilt_from_the_spec(
     assert verify.returncode == 1
     assert "phi" in json.loads(verify.stdout)["problems"]
 
-    answer = run_nnqs("run", str(spec), "--store", str(store))
-    assert answer["tasks_run"] == 0 and answer["aggregated"]
+    _rerun_restores(spec, store, intact, recomputed=0)
     assert SweepStore(store).damaged_prepared() == []
-    assert_identical(store, intact)
 
 
 @pytest.mark.slow
@@ -181,9 +187,7 @@ def test_damaged_manifest_records_are_named_then_repaired(
 
     repaired = run_nnqs("repair", str(store))
     assert repaired["tasks_now_pending"] == [3, 4]
-    answer = run_nnqs("run", str(spec), "--store", str(store))
-    assert answer["tasks_run"] == 2 and answer["aggregated"]
-    assert_identical(store, intact)
+    _rerun_restores(spec, store, intact, recomputed=2)
 
 
 @pytest.mark.slow
@@ -198,9 +202,7 @@ def test_a_lost_manifest_is_rebuilt_with_every_task_pending(
     assert status.returncode == 2 and "manifest" in status.stderr
     assert "nnqs repair" in status.stderr and "Traceback" not in status.stderr
     assert run_nnqs("repair", str(store))["tasks_now_pending"] == list(range(8))
-    answer = run_nnqs("run", str(spec), "--store", str(store))
-    assert answer["tasks_run"] == 8 and answer["aggregated"]
-    assert_identical(store, intact)
+    _rerun_restores(spec, store, intact, recomputed=8)
 
 
 @pytest.mark.slow
@@ -216,6 +218,4 @@ def test_lost_root_metadata_is_rebuilt_from_the_spec(
     assert "--spec" in _nnqs("repair", str(store)).stderr  # the spec is needed
     repaired = run_nnqs("repair", str(store), "--spec", str(spec))
     assert repaired["root_metadata_rebuilt"] and repaired["tasks_now_pending"] == []
-    answer = run_nnqs("run", str(spec), "--store", str(store))
-    assert answer["tasks_run"] == 0 and answer["aggregated"]
-    assert_identical(store, intact)
+    _rerun_restores(spec, store, intact, recomputed=0)
