@@ -118,11 +118,17 @@ def owner_alive(info: dict[str, Any], queue: Callable[[], set[str] | None]) -> b
     """Whether the process (or SLURM job) a claim or a manifest record names still runs.
 
     ``queue()`` gives the ids of the jobs in the SLURM queue (None when it cannot be
-    asked: then a SLURM owner counts as alive). A process on another host without
-    SLURM ids cannot be checked and counts as alive.
+    asked: then a SLURM owner counts as alive). An earlier run of this very SLURM job
+    (requeued since: another ``restart_count``) is dead. A process on another host
+    without SLURM ids cannot be checked and counts as alive.
     """
     slurm = info.get("slurm")
     if slurm and "job_id" in slurm:
+        mine = process_info().get("slurm", {})
+        if slurm["job_id"] == mine.get("job_id") and slurm.get("restart_count", "0") != mine.get(
+            "restart_count", "0"
+        ):
+            return False
         queued = queue()
         return True if queued is None else slurm["job_id"] in queued
     if info.get("host") != socket.gethostname():

@@ -33,6 +33,7 @@ from typing import Any
 
 import submitit
 
+from jobs.checkpoints import TrainingStopped, stop_on_signal, stop_requested
 from jobs.progress import ProgressBar
 from jobs.spec import SweepSpec
 from jobs.sweep import execute_task
@@ -129,35 +130,48 @@ class ShardJob(submitit.helpers.Checkpointable):
     """A SLURM array element: run a group of tasks, skipping those the store has done.
 
     As a submitit ``Checkpointable``, when SLURM signals the time limit or a
-    preemption, submitit requeues the same call, which resumes from the store. After
-    :data:`MAX_IDLE_RUNS` runs in a row that finished no task (a task longer than the
-    job's time limit) the element is not requeued again: it fails and says so instead
-    of spending all its requeues. One idle run is not enough to give up: SLURM checks
-    time limits every 30 s or so, so a run can be signalled well before its limit.
+    preemption, submitit requeues the same call, which resumes from the store. A
+    training task first saves its checkpoint and stops (:mod:`jobs.checkpoints`), so
+    the requeued run resumes it from that step. After :data:`MAX_IDLE_RUNS` runs in a
+    row that made no progress (no task finished, no checkpoint advanced) the element
+    is not requeued again: it fails and says so instead of spending all its requeues.
+    One idle run is not enough to give up: SLURM checks time limits every 30 s or so,
+    so a run can be signalled well before its limit.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.finished_this_run = 0
+        self.progressed = False
         self.idle_runs = 0  # pickled with the requeued call: counts across runs
 
     def __call__(self, tasks: Sequence[int]) -> list[int]:
         """Run the group; return the tasks this run computed (:func:`execute_task` leaves
         one another runner holds, or one done and intact)."""
-        self.finished_this_run = 0
+        self.progressed = False
         computed = []
-        for task in tasks:
-            if execute_task(self.path, task):
-                computed.append(task)
-                self.finished_this_run += 1
+        usr_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
+        with stop_on_signal(usr_signal) as requeue:
+            for task in tasks:
+                if stop_requested():  # signalled after the last slice of the previous task
+                    requeue()
+                try:
+                    ran = execute_task(self.path, task)
+                except TrainingStopped as stopped:
+                    self.progressed = self.progressed or stopped.advanced > 0
+                    requeue()  # submitit's own handler: checkpoint() below, requeue, exit
+                    raise
+                if ran:
+                    computed.append(task)
+                    self.progressed = True
         return computed
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
-        self.idle_runs = 0 if self.finished_this_run else self.idle_runs + 1
+        self.idle_runs = 0 if self.progressed else self.idle_runs + 1
         if self.idle_runs >= MAX_IDLE_RUNS:
             print(
-                f"nnqs: no task finished in {self.idle_runs} runs in a row, so this job is not "
-                "requeued; raise executor.slurm.time_min above the longest task",
+                f"nnqs: no progress in {self.idle_runs} runs in a row (no task finished, no "
+                "checkpoint advanced), so this job is not requeued; raise "
+                "executor.slurm.time_min",
                 file=sys.stderr,
                 flush=True,
             )

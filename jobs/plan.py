@@ -2,7 +2,8 @@
 
 From a validated spec alone: the expanded grid (axis values, points, shards, tasks),
 the memory estimate of each phase against what this host has
-(:func:`jobs.studies.memory_estimates`), and per grid point the analytic FLOP count of
+(:func:`jobs.studies.memory_estimates`), the disk a task's checkpoints take (and all
+tasks', when kept or all interrupted), and per grid point the analytic FLOP count of
 a task (:meth:`jobs.registry.Study.cost`) with, given a training throughput in GFLOP/s, the
 time it takes. Nothing is built: no target, no kernel, no store.
 """
@@ -63,6 +64,7 @@ def sweep_plan(spec: SweepSpec, gflop_per_s: float | None = None) -> dict[str, A
         points.append(point)
     total = [p["compute_seconds"] for p in points]
     shards = spec.ensemble.shards
+    checkpoint = study(spec.sweep.study).checkpoint_bytes(spec)
     return {
         "spec": spec.source,
         "sweep": spec.sweep.name,
@@ -75,6 +77,10 @@ def sweep_plan(spec: SweepSpec, gflop_per_s: float | None = None) -> dict[str, A
         "memory_gib": {name: round(value / GIB, 3) for name, value in estimates.items()},
         "available_gib": round(available / GIB, 3),
         "fits": max(estimates.values()) <= available,
+        "checkpoint_disk_gib": {
+            "per_task": significant(checkpoint / GIB),
+            "all_tasks": significant(checkpoint * len(tasks) / GIB),
+        },
         "gflop_per_s": gflop_per_s,
         "per_task": points,
         "total_compute_seconds": None if None in total else significant(shards * sum(total)),

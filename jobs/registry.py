@@ -109,6 +109,11 @@ class Study(ABC):
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """The task's dominant arithmetic, counted analytically (``nnqs validate``)."""
 
+    def checkpoint_bytes(self, spec: SweepSpec) -> int:
+        """Disk the checkpoints of its largest task take (``jobs.checkpoints``); 0 for a
+        study whose tasks do not checkpoint."""
+        return 0
+
 
 _STUDIES: dict[str, Study] = {}
 

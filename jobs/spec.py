@@ -12,6 +12,7 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
     [training]     log_points, max_steps, tolerance, target_scale   (dynamics)
     [entanglement] n_sites, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
     [kernels]      full, block                          (kernels, dynamics)
+    [checkpoint]   every_seconds, every_logs, keep      (dynamics)
     [executor]     kind ("local" | "slurm" | "mpi"), processes, profile, ranks,
                    and a [executor.slurm] table of cluster-profile overrides
 
@@ -143,6 +144,17 @@ class Kernels(Section):
     block: Annotated[int, Meta(ge=16, le=2**16)] = 1024
 
 
+class Checkpoint(Section):
+    """When a training task saves its state into the store (jobs.checkpoints): after
+    ``every_seconds`` of training since its last save (0: never by time) or after
+    ``every_logs`` more logged steps (0: never by count), whichever comes first, and when
+    SLURM signals its time limit; ``keep`` keeps the checkpoints of a finished task."""
+
+    every_seconds: Annotated[float, Meta(ge=0, le=10**6)] = 600.0
+    every_logs: Annotated[int, Meta(ge=0, le=1000)] = 0
+    keep: bool = False
+
+
 class Executor(Section):
     kind: Literal["local", "slurm", "mpi"] = "local"
     processes: Annotated[int, Meta(ge=1, le=1024)] = 1
@@ -163,13 +175,16 @@ class SweepSpec(Struct, frozen=True):
     training: Training
     entanglement: Entanglement
     kernels: Kernels
+    checkpoint: Checkpoint
     executor: Executor
     source: str = "<spec>"
 
     def science(self) -> dict[str, Any]:
-        """Everything that determines the results: the study's sections, less the executor."""
+        """Everything that determines the results: the study's sections, less the executor
+        and the checkpoint cadence (module docstring)."""
         data = self.to_dict()
         data.pop("executor")
+        data.pop("checkpoint", None)
         return data
 
     def fingerprint(self) -> str:

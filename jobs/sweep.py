@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 
+from jobs import checkpoints
 from jobs.claims import claim_task, owner_alive, slurm_jobs
 from jobs.registry import study
 from jobs.spec import SweepSpec, store_spec
@@ -81,7 +82,9 @@ def execute_task(path: str | os.PathLike[str], task_id: int) -> bool:
     regions still match their checksum (another runner finished it since the caller
     looked). Otherwise the manifest says ``running`` while it works, then ``done`` with
     the checksum of its regions read back (and seconds, devices, host, SLURM ids), or
-    ``failed`` with the error, which is re-raised.
+    ``failed`` with the error, which is re-raised. A task that saved checkpoints
+    (:mod:`jobs.checkpoints`) records its runs (``checkpoint_runs``: where each resumed
+    and last saved); its checkpoints are then dropped unless ``checkpoint.keep``.
     """
     store = SweepStore(path)
     spec = store_spec(store)
@@ -103,6 +106,7 @@ def execute_task(path: str | os.PathLike[str], task_id: int) -> bool:
             store.record(task_id, "failed", error=f"{type(error).__name__}: {error}")
             raise
         checksum = store.checksum(regions)
+        resumed = checkpoints.runs(store.path, task_id)
         store.record(
             task_id,
             "done",
@@ -110,16 +114,21 @@ def execute_task(path: str | os.PathLike[str], task_id: int) -> bool:
             regions=[[name, [[s.start, s.stop] for s in region]] for name, region in regions],
             seconds=round(time.perf_counter() - clock, 3),
             devices=[str(device) for device in jax.devices()],
+            **({"checkpoint_runs": resumed} if resumed else {}),
         )
+        if not spec.checkpoint.keep:
+            checkpoints.drop(store.path, task_id)
     return True
 
 
 @dataclass(frozen=True)
 class SweepStatus:
-    """Per-task states (see :data:`STATES`) and what the manifest says of each."""
+    """Per-task states (see :data:`STATES`), what the manifest says of each, and the
+    step of the newest checkpoint of each unfinished task that has one."""
 
     states: dict[int, str]
     records: dict[int, dict[str, Any]]
+    checkpointed: dict[int, int]
 
     def counts(self) -> dict[str, int]:
         counter = Counter(self.states.values())
@@ -135,7 +144,8 @@ class SweepStatus:
 
 
 def task_states(store: SweepStore, verify: bool = False) -> SweepStatus:
-    """Each task's state; a running task whose owner is gone counts as ``failed``.
+    """Each task's state; a running task whose owner is gone counts as ``failed``; the
+    step each unfinished task has checkpointed.
 
     With ``verify``, every done task's regions are read back and checksummed: a
     mismatch (or an unreadable chunk) makes it ``corrupt``.
@@ -150,7 +160,10 @@ def task_states(store: SweepStore, verify: bool = False) -> SweepStatus:
         if state == "done" and verify and not intact(store, info):
             state = "corrupt"
         states[record.task], records[record.task] = state, info
-    return SweepStatus(states, records)
+    saved = {
+        task: checkpoints.last_step(store.path, task) for task, s in states.items() if s != "done"
+    }
+    return SweepStatus(states, records, {t: step for t, step in saved.items() if step is not None})
 
 
 def intact(store: SweepStore, info: dict[str, Any]) -> bool:

@@ -303,6 +303,7 @@ def _cmd_status(args: argparse.Namespace) -> Any:
         "store": str(store.path),
         "sweep": store_spec(store).sweep.name,
         "tasks": status.counts(),
+        "checkpointed_step": {str(task): step for task, step in status.checkpointed.items()},
         "verified": args.verify,
         "problems": problems,
         "aggregated": store.aggregated,

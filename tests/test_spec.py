@@ -180,6 +180,16 @@ def test_fingerprint_is_stable() -> None:
         assert load_spec(name).fingerprint() == load_spec(name).fingerprint()
 
 
+def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
+    # a task pauses only between slices fixed by its logged steps: the cadence changes
+    # when it saves, never its results (tests/test_checkpoints.py checks the bits)
+    cadence = {"checkpoint": {"every_seconds": 5.0, "every_logs": 2, "keep": True}}
+    spec = parse_spec(patched(TINY, cadence))
+    assert spec.checkpoint.every_logs == 2 and spec.to_dict()["checkpoint"]["keep"] is True
+    assert spec.fingerprint() == parse_spec(TINY).fingerprint()
+    assert parse_spec(spec.to_dict()).checkpoint == spec.checkpoint
+
+
 #: fingerprints measured with the hand-written checker of 922b348, before the spec's
 #: sections became msgspec structs: the stores made since must still be found
 FINGERPRINTS = {
@@ -339,6 +349,10 @@ BAD_SPECS = [
         "architectures-in-dynamics", TINY, {"grid.architectures": ["relu"]}, ["grid.architectures"]
     ),
     bad("training-in-entanglement", TINY_ENT, {"training": {"max_steps": 5}}, ["[training]"]),
+    bad("checkpoint-in-entanglement", TINY_ENT, {"checkpoint": {"keep": True}}, ["[checkpoint]"]),
+    bad("negative-cadence", TINY, {"checkpoint.every_seconds": -1}, ["checkpoint.every_seconds"]),
+    bad("cadence-as-text", TINY, {"checkpoint.every_logs": "5"}, ["checkpoint.every_logs"]),
+    bad("keep-as-text", TINY, {"checkpoint.keep": "yes"}, ["checkpoint.keep"]),
     bad("lr-in-entanglement", TINY_ENT, {"grid.lr_factors": [0.5]}, ["grid.lr_factors"]),
     bad("n-sites-too-large", TINY_ENT, {"entanglement.n_sites": 15}, ["entanglement.n_sites"]),
     bad("n-sites-too-small", TINY_ENT, {"entanglement.n_sites": 1}, ["entanglement.n_sites"]),

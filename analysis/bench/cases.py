@@ -240,6 +240,36 @@ CASES: dict[str, Case] = {
             run="analysis.bench.scale:measure_gram_full_basis",
         ),
         Case(
+            name="checkpoint_overhead",
+            measures="what mid-task checkpoints cost a paper-tfim-sized training task: "
+            "slicing, the default cadence, one save",
+            metrics={
+                "task_seconds": Metric("s", "lower"),
+                "sliced_vs_unsliced": Metric("x", "lower"),
+                "default_vs_unsliced": Metric("x", "lower"),
+                "save_seconds": Metric("s", "lower"),
+                "every_log_vs_unsliced": Metric("x", "lower"),
+                "checkpoint_mb": Metric("MB", "lower"),
+            },
+            quick={
+                "width": 64,
+                "members": 4,
+                "train_size": 32,
+                "steps": 40,
+                "log_points": 4,
+                "repeats": 1,
+            },
+            full={
+                "width": 4096,
+                "members": 32,
+                "train_size": 256,
+                "steps": 600,
+                "log_points": 20,
+                "repeats": 2,
+            },
+            run="analysis.bench.checkpointing:measure_checkpoint_overhead",
+        ),
+        Case(
             name="time_to_solution",
             measures="a named sweep spec from an empty store to aggregated results, seconds "
             "(projected past a deadline)",

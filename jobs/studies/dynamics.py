@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from jobs.checkpoints import TaskCheckpoints, bytes_per_task
 from jobs.registry import Layout, Study, Task, TaskCost, register
 from jobs.spec import (
     BASELINE_BYTES,
@@ -84,7 +85,7 @@ class Dynamics(Study):
     """Finite ensembles trained by gradient descent against their infinite-width limit."""
 
     name = "dynamics"
-    sections = ("target", "network", "grid", "ensemble", "training", "kernels")
+    sections = ("target", "network", "grid", "ensemble", "training", "kernels", "checkpoint")
     grid_keys = ("widths", "train_sizes", "lr_factors")
     lowered_by: ClassVar[dict[str, str]] = {
         "preparation": "grid.train_sizes",
@@ -145,17 +146,20 @@ class Dynamics(Study):
         """Train the task's members at its grid point; write losses and the shard's sums."""
         t, r, w = task.point
         train = np.flatnonzero(store.read("train_mask", (slice(t, t + 1), slice(None)))[0])
-        stats = train_ensemble(
-            dynamics_nnqs(spec, spec.grid.widths[w]),
-            store.read("inputs"),
-            store.read("phi"),
-            train,
-            seed=spec.sweep.seed,
-            members=task.members,
-            learning_rate=float(store.read("learning_rate")[t, r]),
-            log_steps=store.read("step"),
-            dtype=spec.sweep.dtype,
-        )
+        steps = store.read("step")
+        with TaskCheckpoints(store.path, task.id, spec.checkpoint, int(steps[-1])) as checkpoints:
+            stats = train_ensemble(
+                dynamics_nnqs(spec, spec.grid.widths[w]),
+                store.read("inputs"),
+                store.read("phi"),
+                train,
+                seed=spec.sweep.seed,
+                members=task.members,
+                learning_rate=float(store.read("learning_rate")[t, r]),
+                log_steps=steps,
+                dtype=spec.sweep.dtype,
+                checkpoints=checkpoints,
+            )
         at = (slice(t, t + 1), slice(r, r + 1), slice(w, w + 1))
         regions: list[tuple[str, Region]] = []
         for name, values in (
@@ -209,6 +213,18 @@ class Dynamics(Study):
         evaluations = members * logs * forward_flop(basis.dimension, width, basis.n_sites, depth)
         steps = spec.training.max_steps
         return TaskCost(per_step * steps + evaluations if steps else None, per_step)
+
+    def checkpoint_bytes(self, spec: SweepSpec) -> int:
+        """Two saved states of a shard at the widest width, and its logs
+        (:func:`jobs.checkpoints.bytes_per_task`)."""
+        width = max(spec.grid.widths)
+        return bytes_per_task(
+            spec.ensemble.shard_size,
+            parameter_count(spec, width),
+            4 if spec.sweep.dtype == "float32" else 8,
+            spec.training.log_points + 1,
+            target_basis(spec).dimension,
+        )
 
     def memory(self, spec: SweepSpec) -> dict[str, int]:
         """Preparation: :func:`jobs.studies.problems.preparation_bytes`. A shard (the

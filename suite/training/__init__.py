@@ -30,12 +30,19 @@ Execution (one compiled program per architecture, shapes, dtype and device count
   core, :data:`LANES`; one lane on accelerators). The MSE gradient is a sum over points
   of terms that depend on one point each, so chunking the points changes no arithmetic
   beyond summation order; nothing a member computes depends on the other members.
-* **Steps and logs.** One ``jit``: a ``lax.scan`` over the logged steps whose body runs
-  ``log_steps[k] - log_steps[k-1]`` updates in a ``fori_loop`` with a traced bound, then
-  evaluates the statistics on device (psum over devices): ``(L, D)`` sums and ``(L, m)``
-  losses come back, never ``(L, m, D)``. The learning rate and the step schedule are
-  traced, so changing them does not recompile. The parameter buffers are donated (the
-  program returns the final parameters into them).
+* **Steps and logs.** Two jitted programs: ``advance`` runs ``n`` updates in a
+  ``fori_loop`` with a traced bound (the parameter buffers are donated: it returns the
+  new parameters into them), and ``evaluate`` computes the statistics at the current
+  step on device (psum over devices): ``(D,)`` sums and ``(m,)`` losses come back, never
+  ``(m, D)``. The learning rate and the step counts are traced, so changing them does
+  not recompile.
+* **Slices and checkpoints** (:mod:`~suite.training.checkpoint`). A run is cut at every
+  logged step and every ``ceil(last / SLICES)`` steps: one ``advance`` call per slice,
+  one ``evaluate`` per logged step. Between slices the run offers its
+  :class:`~suite.training.checkpoint.Checkpoints` a snapshot (parameters of the real
+  members, the step, the results so far), and a run given a snapshot resumes from it.
+  The cuts depend on the logged steps only, so a resumed run makes the calls of an
+  uninterrupted one and ends with the same bits.
 
 Two implementations of one update, selected per network (``method``):
 
@@ -72,7 +79,8 @@ sums are accumulated and returned in float64 either way.
 The package's modules: :mod:`~suite.training.statistics` (results and estimators),
 :mod:`~suite.training.validation`, :mod:`~suite.training.fastpath` (recognition),
 :mod:`~suite.training.layout` (blocks, lanes, chunks), :mod:`~suite.training.engines`
-(the two updates) and :mod:`~suite.training.ensemble` (the program and the entry point).
+(the two updates), :mod:`~suite.training.checkpoint` (slices and snapshots) and
+:mod:`~suite.training.ensemble` (the programs and the entry point).
 """
 
 from suite.training.ensemble import Method, train_ensemble

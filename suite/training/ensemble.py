@@ -1,11 +1,13 @@
-"""The entry point :func:`train_ensemble` and its compiled, sharded program
-(:mod:`suite.training`, "Sharding" and "Steps and logs"; docs/theory.md §3, §5)."""
+"""The entry point :func:`train_ensemble` and its compiled, sharded programs, run slice
+by slice (:mod:`suite.training`, "Sharding", "Steps and logs" and "Slices and
+checkpoints"; docs/theory.md §3, §5)."""
 
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import jax
@@ -15,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from suite.networks import NNQS, init_ensemble
+from suite.training.checkpoint import Checkpoints, Snapshot, check_snapshot, slice_bounds
 from suite.training.engines import AutodiffEngine, FastEngine
 from suite.training.fastpath import Template, fast_template
 from suite.training.layout import (
@@ -40,11 +43,19 @@ Method = Literal["auto", "fast", "autodiff"]
 AXIS = "members"
 
 
-def _program(engine: Any, layout: Layout, mesh: Mesh) -> Callable[..., Any]:
-    """The jitted, sharded run: ``(state, valid, lr, segments, consts) -> results``."""
+@dataclass(frozen=True)
+class _Programs:
+    """The two jitted, sharded programs of a run: ``advance(state, lr, n, train) -> state``
+    (``n`` updates; the state buffers are donated) and ``evaluate(state, valid, eval) ->
+    (train loss, test loss, sums)`` at the current step."""
 
-    def local(state: Any, valid: Array, lr: Array, segments: Array, consts: Any) -> Any:
-        x_train, y_train, w_train, x_eval, phi_eval, w_fit, w_test = consts
+    advance: Callable[..., Any]
+    evaluate: Callable[..., Any]
+
+
+def _programs(engine: Any, layout: Layout, mesh: Mesh) -> _Programs:
+    def advance(state: Any, lr: Array, n: Array, train: Any) -> Any:
+        x_train, y_train, w_train = train
 
         def block_step(block_state: Any) -> Any:
             grads = sum_chunks(
@@ -54,6 +65,11 @@ def _program(engine: Any, layout: Layout, mesh: Mesh) -> Callable[..., Any]:
 
         def step(_: Array, lanes: tuple[Any, ...]) -> tuple[Any, ...]:
             return tuple(update_blocks(block_step, lane, layout) for lane in lanes)
+
+        return join_lanes(jax.lax.fori_loop(0, n, step, split_lanes(state, layout)))
+
+    def evaluate(state: Any, valid: Array, evaluation: Any) -> Any:
+        x_eval, phi_eval, w_fit, w_test = evaluation
 
         def block_stats(block_state: Any, block_valid: Array) -> Any:
             u, v = stack_chunks(lambda x: engine.outputs(block_state, x), (x_eval,))
@@ -72,41 +88,30 @@ def _program(engine: Any, layout: Layout, mesh: Mesh) -> Callable[..., Any]:
             )
             return err @ w_fit, err @ w_test, sums
 
-        valid_lanes = split_lanes(valid, layout)
+        outs = [
+            map_blocks(block_stats, layout, lane, v)
+            for lane, v in zip(split_lanes(state, layout), split_lanes(valid, layout), strict=True)
+        ]
+        fit = jnp.concatenate([o[0].reshape(-1) for o in outs])
+        test = jnp.concatenate([o[1].reshape(-1) for o in outs])
+        return fit, test, jax.lax.psum(sum(jnp.sum(o[2], axis=0) for o in outs), AXIS)
 
-        def stats(lanes: tuple[Any, ...]) -> Any:
-            outs = [
-                map_blocks(block_stats, layout, lane, v)
-                for lane, v in zip(lanes, valid_lanes, strict=True)
-            ]
-            fit = jnp.concatenate([o[0].reshape(-1) for o in outs])
-            test = jnp.concatenate([o[1].reshape(-1) for o in outs])
-            return fit, test, sum(jnp.sum(o[2], axis=0) for o in outs)
-
-        def segment(lanes: tuple[Any, ...], n: Array) -> tuple[Any, Any]:
-            lanes = jax.lax.fori_loop(0, n, step, lanes)
-            return lanes, stats(lanes)
-
-        final, (fit, test, sums) = jax.lax.scan(segment, split_lanes(state, layout), segments)
-        # the final state is returned so that the donated input buffers can hold it
-        return join_lanes(final), fit, test, jax.lax.psum(sums, AXIS)
-
-    sharded = jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(AXIS), P(AXIS), P(), P(), P()),
-        out_specs=(P(AXIS), P(None, AXIS), P(None, AXIS), P()),
+    advance_sharded = jax.shard_map(
+        advance, mesh=mesh, in_specs=(P(AXIS), P(), P(), P()), out_specs=P(AXIS)
     )
-    return jax.jit(sharded, donate_argnums=(0,))
+    evaluate_sharded = jax.shard_map(
+        evaluate, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P()), out_specs=(P(AXIS), P(AXIS), P())
+    )
+    return _Programs(jax.jit(advance_sharded, donate_argnums=(0,)), jax.jit(evaluate_sharded))
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(engine_key: Any, layout: Layout, devices: tuple[Any, ...]) -> Callable[..., Any]:
+def _compiled(engine_key: Any, layout: Layout, devices: tuple[Any, ...]) -> _Programs:
     engine = (
         FastEngine(engine_key) if isinstance(engine_key, Template) else AutodiffEngine(engine_key)
     )
     mesh = Mesh(np.array(devices), (AXIS,))
-    return _program(engine, layout, mesh)
+    return _programs(engine, layout, mesh)
 
 
 def _width_estimate(nnqs: NNQS, in_dim: int) -> int:
@@ -164,6 +169,7 @@ def train_ensemble(
     devices: int | None = None,
     method: Method = "auto",
     block: int | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> EnsembleStats:
     """Train ensemble ``members`` of ``nnqs`` by full-batch GD on ``inputs[train_index]``.
 
@@ -173,8 +179,10 @@ def train_ensemble(
     ``i`` starts from ``nnqs.init(member_keys(seed, [i])[0], d)`` whatever the sharding.
     ``devices`` (default: all local devices) split the members; ``method`` picks the
     update (``"auto"``: the fast path when :func:`fast_template` recognises ``nnqs``);
-    ``block`` overrides the members per on-device block. Every argument is validated
-    (``ValueError`` naming it) before any work. See the module docstring.
+    ``block`` overrides the members per on-device block; ``checkpoints`` resume the run
+    from a snapshot and are offered one after every slice
+    (:mod:`suite.training.checkpoint`). Every argument is validated (``ValueError``
+    naming it) before any work. See the module docstring.
     """
     # over 60 lines: the run in order (validate, pick the update, lay out, place, run),
     # each step a call; splitting it further would only pass its dozen locals around
@@ -217,32 +225,26 @@ def train_ensemble(
     valid = (np.arange(layout.padded) < ids.size).astype(np.float64)
 
     consts = _constants(engine, layout, x, phi, train, np_compute)
-    segments = np.diff(steps, prepend=0).astype(np.int32)
-
     mesh = Mesh(np.array(devices_used), (AXIS,))
-    params = init_ensemble(nnqs, seed, padded, in_dim)
-    state = engine.state(params, compute)
-    del params
     member_sharding = NamedSharding(mesh, P(AXIS))
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, member_sharding)
-    consts = jax.device_put(consts, replicated)
-    run = _compiled(template if template is not None else nnqs, layout, devices_used)
+    run = _Run(
+        _compiled(template if template is not None else nnqs, layout, devices_used),
+        "fast" if template is not None else "autodiff",
+        ids.size,
+        member_sharding,
+        jax.device_put(valid, member_sharding),
+        jax.device_put(np.asarray(learning_rate, np_compute), replicated),
+        jax.device_put(consts[:3], replicated),
+        jax.device_put(consts[3:], replicated),
+    )
+    state = engine.state(init_ensemble(nnqs, seed, padded, in_dim), compute)
     with jax.default_matmul_precision("highest"):  # float32 is float32, not TF32 on GPUs
-        _, fit, test_loss, sums = run(
-            state,
-            jax.device_put(valid, member_sharding),
-            jax.device_put(np.asarray(learning_rate, np_compute), replicated),
-            jax.device_put(segments, replicated),
-            consts,
-        )
-    fit = np.asarray(fit, np.float64)[:, : ids.size]
-    test_loss = np.asarray(test_loss, np.float64)[:, : ids.size]
-    sums = np.asarray(sums, np.float64)[:, :, :n_points]
+        train_loss, test_loss, sums = run.slices(state, steps, n_points, checkpoints)
     return EnsembleStats(
         members=ids,
         steps=steps,
-        train_loss=fit,
+        train_loss=train_loss,
         test_loss=test_loss,
         sum_u=sums[:, 0],
         sum_v=sums[:, 1],
@@ -250,3 +252,90 @@ def train_ensemble(
         sum_vv=sums[:, 3],
         sum_uv=sums[:, 4],
     )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A laid-out run: its programs, which update it uses, its members (``count``, before
+    padding) and the device arrays every slice takes."""
+
+    programs: _Programs
+    engine: str
+    count: int
+    member_sharding: NamedSharding
+    valid: Array
+    lr: Array
+    train: Any
+    evaluation: Any
+
+    def slices(
+        self, state: Any, steps: np.ndarray, n_points: int, checkpoints: Checkpoints | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run from step 0, or from the checkpoints' snapshot, to the last logged step,
+        slice by slice (:func:`~suite.training.checkpoint.slice_bounds`); the results at
+        ``steps``: train and test losses ``(L, m)`` and sums ``(L, 5, D)``, float64."""
+        bounds = slice_bounds(steps)
+        fit: list[np.ndarray] = []
+        test: list[np.ndarray] = []
+        sums: list[np.ndarray] = []
+        start = 0
+        snapshot = checkpoints.restore() if checkpoints is not None else None
+        if snapshot is not None:
+            like = [
+                jax.ShapeDtypeStruct((self.count, *leaf.shape[1:]), leaf.dtype)
+                for leaf in jax.tree.leaves(state)
+            ]
+            reason = check_snapshot(snapshot, self.engine, like, bounds, steps, n_points)
+            if reason is not None:
+                raise ValueError(f"the checkpoint at step {snapshot.step} cannot resume: {reason}")
+            state = jax.tree.unflatten(jax.tree.structure(state), [
+                _pad(saved, leaf.shape[0]) for saved, leaf in
+                zip(snapshot.state, jax.tree.leaves(state), strict=True)
+            ])  # fmt: skip
+            fit, test = list(snapshot.train_loss), list(snapshot.test_loss)
+            sums = list(snapshot.sums)
+            start = int(np.searchsorted(bounds, snapshot.step))
+        state = jax.device_put(state, self.member_sharding)
+        logged = set(steps.tolist())
+        if start == 0 and 0 in logged:
+            self._log(state, n_points, fit, test, sums)
+        for done, bound in zip(bounds[start:-1], bounds[start + 1 :], strict=True):
+            state = self.programs.advance(state, self.lr, np.int32(bound - done), self.train)
+            jax.block_until_ready(state)
+            if int(bound) in logged:
+                self._log(state, n_points, fit, test, sums)
+            if checkpoints is not None:
+                checkpoints.reached(int(bound), len(fit), functools.partial(
+                    self._snapshot, state, int(bound), n_points, fit, test, sums
+                ))  # fmt: skip
+        return np.stack(fit), np.stack(test), np.stack(sums)
+
+    def _log(
+        self, state: Any, n_points: int, fit: list[Any], test: list[Any], sums: list[Any]
+    ) -> None:
+        """Append the results at the current step (the members', the basis's)."""
+        f, t, s = self.programs.evaluate(state, self.valid, self.evaluation)
+        fit.append(np.asarray(f, np.float64)[: self.count])
+        test.append(np.asarray(t, np.float64)[: self.count])
+        sums.append(np.asarray(s, np.float64)[:, :n_points])
+
+    def _snapshot(
+        self, state: Any, step: int, n_points: int, fit: list[Any], test: list[Any],
+        sums: list[Any],
+    ) -> Snapshot:  # fmt: skip
+        leaves = tuple(np.asarray(leaf)[: self.count] for leaf in jax.tree.leaves(state))
+        empty = np.zeros((0, self.count))
+        return Snapshot(
+            step,
+            self.engine,
+            leaves,
+            np.stack(fit) if fit else empty,
+            np.stack(test) if test else empty,
+            np.stack(sums) if sums else np.zeros((0, 5, n_points)),
+        )
+
+
+def _pad(saved: np.ndarray, size: int) -> np.ndarray:
+    """A saved leaf of the run's members padded to ``size`` with copies of the last one."""
+    extra = np.repeat(saved[-1:], size - saved.shape[0], axis=0)
+    return np.concatenate([saved, extra]) if extra.size else saved

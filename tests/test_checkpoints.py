@@ -1,0 +1,313 @@
+"""Mid-task checkpoints (README "Checkpoints"; suite.training.checkpoint, jobs.checkpoints).
+
+* the engine: a run stopped after any slice and resumed from its snapshot ends with the
+  bits of a run that never stopped (fast and autodiff updates, float32 and float64);
+* a local ``nnqs run`` killed by SIGKILL mid-task: the rerun resumes from the task's
+  last checkpoint and the store is bitwise equal to an uninterrupted run's;
+* a damaged checkpoint is named and skipped: the older one is used, or step 0, with the
+  same bits at the end;
+* the cadence never changes the results: a store checkpointed at every logged step
+  equals one never checkpointed.
+
+The SLURM case (a task three times longer than its array element's time limit) is in
+tests/test_slurm_sweep.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from stores import assert_identical, run_nnqs
+
+from jobs import checkpoints
+from jobs.spec import Checkpoint
+from suite import networks, targets
+from suite.store import SweepStore
+from suite.training import train_ensemble
+from suite.training.checkpoint import SLICES, Snapshot, slice_bounds
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Memory:
+    """Checkpoints kept in memory: the run stops (raises) after the slice ending at
+    ``stop_at``, keeping its snapshot, which the next run restores."""
+
+    def __init__(self, stop_at: int | None = None, saved: Snapshot | None = None) -> None:
+        self.stop_at, self.saved = stop_at, saved
+
+    def restore(self) -> Snapshot | None:
+        return self.saved
+
+    def reached(self, step: int, logged: int, snapshot: Callable[[], Snapshot]) -> None:
+        if step == self.stop_at:
+            self.saved = snapshot()
+            raise _Stop
+
+
+def _problem() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    basis = targets.basis_of(targets.make_spec("tfim", lx=2, ly=3))
+    x = basis.inputs()
+    rng = np.random.default_rng(4)
+    phi = rng.normal(size=x.shape[0]) + 1j * rng.normal(size=x.shape[0])
+    return x, phi, np.arange(0, x.shape[0], 3)
+
+
+@pytest.mark.parametrize(
+    ("method", "dtype"), [("fast", "float32"), ("fast", "float64"), ("autodiff", "float64")]
+)
+def test_a_run_resumed_after_any_slice_ends_with_the_same_bits(method: str, dtype: str) -> None:
+    x, phi, train = _problem()
+    steps = np.array([0, 1, 3, 10, 40, 700])
+    kwargs: dict[str, Any] = dict(
+        seed=7, members=np.arange(5), learning_rate=0.05, log_steps=steps, dtype=dtype,
+        method=method,
+    )  # fmt: skip
+    nnqs = networks.decoupled(networks.mlp(width=24, depth=1), networks.mlp(width=24, depth=1))
+    whole = train_ensemble(nnqs, x, phi, train, **kwargs)
+    bounds = slice_bounds(steps)
+    assert bounds.size > steps.size  # the 700-step segment is cut into slices
+    for stop_at in (1, 10, int(bounds[bounds > 40][0]), int(bounds[-2])):
+        first = _Memory(stop_at)
+        with pytest.raises(_Stop):
+            train_ensemble(nnqs, x, phi, train, checkpoints=first, **kwargs)
+        assert first.saved is not None and first.saved.step == stop_at
+        assert first.saved.logged == int(np.sum(steps <= stop_at))
+        resumed = train_ensemble(
+            nnqs, x, phi, train, checkpoints=_Memory(saved=first.saved), **kwargs
+        )
+        for name in ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv"):
+            assert np.array_equal(getattr(resumed, name), getattr(whole, name)), (stop_at, name)
+
+
+def test_slices_cut_every_logged_step_and_at_most_every_last_over_slices_steps() -> None:
+    steps = np.array([0, 5, 6, 1000, 9503])
+    bounds = slice_bounds(steps)
+    assert set(steps) <= set(bounds.tolist()) and bounds[0] == 0 and bounds[-1] == 9503
+    assert np.diff(bounds).max() <= -(-9503 // SLICES)
+    assert bounds.size <= SLICES + steps.size + 1
+
+
+def test_a_snapshot_of_another_run_is_refused_by_name() -> None:
+    x, phi, train = _problem()
+    steps = np.array([0, 4, 9])
+    nnqs = networks.decoupled(networks.mlp(width=8, depth=1), networks.mlp(width=8, depth=1))
+    kwargs: dict[str, Any] = dict(
+        seed=1, members=np.arange(3), learning_rate=0.05, log_steps=steps, dtype="float64"
+    )
+    first = _Memory(4)
+    with pytest.raises(_Stop):
+        train_ensemble(nnqs, x, phi, train, checkpoints=first, **kwargs)
+    with pytest.raises(ValueError, match="cannot resume: it holds the state of the 'fast'"):
+        train_ensemble(nnqs, x, phi, train, checkpoints=_Memory(saved=first.saved),
+                       method="autodiff", **kwargs)  # fmt: skip
+    wider = networks.decoupled(networks.mlp(width=9, depth=1), networks.mlp(width=9, depth=1))
+    with pytest.raises(ValueError, match="do not have this run's shapes"):
+        train_ensemble(wider, x, phi, train, checkpoints=_Memory(saved=first.saved), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# in a store, through nnqs run
+# ---------------------------------------------------------------------------------------
+
+#: one task of ~20 s here: TFIM 3x3, width 256, 8 members, 2,000 steps in 40 logged steps
+ONE_TASK = """
+[sweep]
+name = "checkpointed"
+study = "dynamics"
+seed = 5
+dtype = "float64"
+[target]
+model = "tfim"
+lx = 3
+ly = 3
+[grid]
+widths = [256]
+train_sizes = [96]
+[ensemble]
+members = 8
+shard_size = 8
+[training]
+log_points = 40
+max_steps = 2000
+tolerance = 1e-9
+"""
+
+
+def _write(tmp: Path, name: str, checkpoint: str) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(ONE_TASK + checkpoint)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-task sweep run once, never checkpointed."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    store = tmp / "whole.zarr"
+    spec = _write(tmp, "never", "[checkpoint]\nevery_seconds = 0\n")
+    run_nnqs("run", str(spec), "--store", str(store))
+    assert not (store / checkpoints.FOLDER).exists()
+    return store
+
+
+def _runs(store: Path) -> list[dict[str, Any]]:
+    return SweepStore(store).record_of(0).info["checkpoint_runs"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_task_then_a_rerun_resumes_from_the_last_checkpoint(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    spec = _write(tmp_path, "every-log", "[checkpoint]\nevery_logs = 1\n")
+    store = tmp_path / "killed.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nnqs", "run", str(spec), "--store", str(store), ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    seen = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        seen = checkpoints.last_step(store, 0)
+        if seen is not None and seen >= 400:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed mid-task"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert seen is not None and seen >= 400
+    last_step = int(SweepStore(store).read("step")[-1])
+    assert seen < last_step  # killed mid-task
+    status = run_nnqs("status", str(store))
+    assert status["tasks"]["failed"] == 1 and status["checkpointed_step"]["0"] >= seen
+
+    run_nnqs("run", str(spec), "--store", str(store))
+    assert_identical(store, uninterrupted)
+    killed, rerun = _runs(store)
+    # the rerun started from the killed run's last save, which is at or after what the
+    # test saw: the steps computed twice are those since that save (under one cadence)
+    assert rerun["resumed_from"] == killed["saved"] == status["checkpointed_step"]["0"]
+    assert rerun["finished"] and "finished" not in killed
+    assert not (store / checkpoints.FOLDER).exists()  # dropped once the task was done
+
+
+def _flip_chunk(folder: Path) -> None:
+    chunk = next(p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "zarr.json")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+
+
+def _recompute_task_0(store: Path) -> None:
+    """Flip a bit of task 0's results, so that the next run recomputes it (corrupt)."""
+    _flip_chunk(store / "sum_u")
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_skipped_for_the_older_one_then_for_step_0(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    spec = _write(tmp_path, "kept", "[checkpoint]\nevery_logs = 3\nkeep = true\n")
+    store = tmp_path / "kept.zarr"
+    run_nnqs("run", str(spec), "--store", str(store))
+    assert_identical(store, uninterrupted)  # the cadence changes no bit
+    folder = checkpoints.task_folder(store, 0)
+    steps = {}
+    for slot in checkpoints.SLOTS:
+        steps[slot] = json.loads((folder / slot / "zarr.json").read_text())["attributes"]["step"]
+    newest = max(steps, key=steps.get)
+    older = min(steps, key=steps.get)
+    assert steps[newest] == int(SweepStore(store).read("step")[-1])  # kept: the final state
+    on_disk = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    validate = subprocess.run(
+        [sys.executable, "-m", "nnqs", "validate", str(spec)],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    estimate = json.loads(validate.stdout)["checkpoint_disk_gib"]["per_task"] * 2**30
+    assert on_disk <= estimate  # the estimate of nnqs validate holds (uncompressed)
+
+    _flip_chunk(folder / newest)
+    _recompute_task_0(store)
+    run_nnqs("run", str(spec), "--store", str(store))
+    assert_identical(store, uninterrupted)
+    last = _runs(store)[-1]
+    assert last["resumed_from"] == steps[older]
+    (note,) = last["damaged"]
+    assert note.startswith(f"the checkpoint at step {steps[newest]} is damaged")
+
+    for slot in checkpoints.SLOTS:  # both damaged: from step 0
+        _flip_chunk(folder / slot)
+    _recompute_task_0(store)
+    run_nnqs("run", str(spec), "--store", str(store))
+    assert_identical(store, uninterrupted)
+    last = _runs(store)[-1]
+    assert last["resumed_from"] == 0 and len(last["damaged"]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# the stop signal, in this process
+# ---------------------------------------------------------------------------------------
+
+
+class _SignalledAt(checkpoints.TaskCheckpoints):
+    """A task's checkpoints whose process gets SIGUSR2 after the slice ending at ``step``
+    or later (Python runs the handler before the next bytecode: deterministic)."""
+
+    def __init__(self, step: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.signal_at, self.sent = step, False
+
+    def reached(self, step: int, logged: int, snapshot: Callable[[], Snapshot]) -> None:
+        if step >= self.signal_at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR2)
+        super().reached(step, logged, snapshot)
+
+
+def test_a_signal_during_training_saves_and_stops_then_the_rerun_resumes_bitwise(
+    tmp_path: Path,
+) -> None:
+    # SIGUSR2 to this process mid-run (sent after the slice ending at step >= 1000): the
+    # run saves and stops (TrainingStopped) at once, the handler installed before is not
+    # called (it is the caller's to run: submitit's requeue); outside training it is
+    x, phi, train = _problem()
+    steps = np.array([0, 10, 100, 4000])
+    nnqs = networks.decoupled(networks.mlp(width=64, depth=1), networks.mlp(width=64, depth=1))
+    kwargs: dict[str, Any] = dict(
+        seed=3, members=np.arange(6), learning_rate=0.05, log_steps=steps, dtype="float64"
+    )
+    whole = train_ensemble(nnqs, x, phi, train, **kwargs)
+    policy = Checkpoint(every_seconds=0)
+    called: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda number, frame: called.append(number))
+    try:
+        with checkpoints.stop_on_signal(signal.SIGUSR2) as run_previous:
+            with pytest.raises(checkpoints.TrainingStopped, match="SIGUSR2 at step") as stopped:
+                with _SignalledAt(1000, tmp_path, 0, policy, 4000) as saved:
+                    train_ensemble(nnqs, x, phi, train, checkpoints=saved, **kwargs)
+            bounds = slice_bounds(steps)
+            assert called == [] and stopped.value.advanced == bounds[bounds >= 1000][0]
+            assert checkpoints.last_step(tmp_path, 0) == stopped.value.advanced
+            run_previous()
+            assert called == [signal.SIGUSR2]
+            os.kill(os.getpid(), signal.SIGUSR2)  # no run watching: the previous handler
+            assert called == [signal.SIGUSR2] * 2
+        with checkpoints.TaskCheckpoints(tmp_path, 0, policy, 4000) as saved:
+            resumed = train_ensemble(nnqs, x, phi, train, checkpoints=saved, **kwargs)
+        assert saved.run["resumed_from"] == stopped.value.advanced
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    for name in ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv"):
+        assert np.array_equal(getattr(resumed, name), getattr(whole, name)), name
