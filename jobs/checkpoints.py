@@ -1,5 +1,5 @@
 """Mid-task checkpoints: a training task saves its state into the sweep's store and a
-rerun resumes from it (README, "Checkpoints"; :mod:`suite.training.checkpoint`).
+rerun resumes from it (README, "Checkpoints within a task"; :mod:`suite.training.checkpoint`).
 
 A task's checkpoints live in ``<store>/.checkpoints/task-<id>/``, a Zarr group written
 only by the process that holds the task's claim (:mod:`jobs.claims`)::
@@ -24,7 +24,6 @@ stops with :class:`TrainingStopped`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -32,9 +31,9 @@ import socket
 import sys
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,8 @@ import numpy as np
 import zarr
 
 from jobs.spec import Checkpoint
-from suite.training.checkpoint import Snapshot
+from suite.store import quiet_zarr
+from suite.training.checkpoint import LOG_FIELDS, Snapshot
 
 #: the folder of a store that holds its tasks' checkpoints
 FOLDER = ".checkpoints"
@@ -52,45 +52,69 @@ SLOTS = ("slot-0", "slot-1")
 
 
 class TrainingStopped(RuntimeError):
-    """A run stopped on request after saving its checkpoint; a rerun resumes there.
-    ``advanced``: the steps this run added to the task's checkpoint."""
+    """A run stopped on request after saving its checkpoint at ``step``; a rerun
+    resumes there."""
 
-    def __init__(self, message: str, advanced: int) -> None:
+    def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
-        self.advanced = advanced
+        self.step = step
 
 
-_stop: dict[str, Any] = {"watching": 0, "requested": None}
+@dataclass
+class _StopState:
+    """This process's stop requests: ``watching`` checkpointing runs (a signal then
+    waits for the run's next slice), the signal ``requested`` and not yet acted on
+    (reset when :func:`stop_on_signal` ends), and the checkpoints ``saved`` so far."""
+
+    watching: int = 0
+    requested: str | None = None
+    saved: int = 0
+
+
+_stop = _StopState()
 
 
 @contextmanager
 def stop_on_signal(signum: int) -> Iterator[Callable[[], None]]:
     """While inside, ``signum`` asks a checkpointing run to save and stop
-    (:class:`TrainingStopped`) instead of running the handler installed before (which
-    is called at once when no run is checkpointing). Yields that previous handler as a
-    call, for the caller to run once the run has stopped."""
+    (:class:`TrainingStopped`) at its next slice, instead of acting as the handler
+    installed before would (which it does at once when no run is checkpointing). Yields
+    that previous action as a call, for the caller to make once the run has stopped."""
     previous = signal.getsignal(signum)
 
+    def act(frame: Any = None) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:  # the default action (for SIGUSR2: terminate)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
     def handler(number: int, frame: Any) -> None:
-        if _stop["watching"]:
-            _stop["requested"] = signal.Signals(number).name
-        elif callable(previous):
-            previous(number, frame)
+        if _stop.watching:
+            _stop.requested = signal.Signals(number).name
+        else:
+            act(frame)
 
     signal.signal(signum, handler)
     try:
-        yield lambda: previous(signum, None) if callable(previous) else None
+        yield act
     finally:
         signal.signal(signum, previous)
-        _stop["requested"] = None
+        _stop.requested = None
 
 
 def stop_requested() -> bool:
     """Whether a stop signal arrived (:func:`stop_on_signal`) that no run has acted on."""
-    return _stop["requested"] is not None
+    return _stop.requested is not None
+
+
+def checkpoints_saved() -> int:
+    """Checkpoints this process has saved (progress that a stopped run keeps)."""
+    return _stop.saved
 
 
 def task_folder(store: str | os.PathLike[str], task: int) -> Path:
+    """Where task ``task``'s checkpoints live in the store at ``store``."""
     return Path(store) / FOLDER / f"task-{task}"
 
 
@@ -104,26 +128,38 @@ def drop(store: str | os.PathLike[str], task: int) -> None:
         pass  # other tasks' checkpoints, or none at all
 
 
+def drop_finished(store: str | os.PathLike[str], done: Collection[int]) -> list[int]:
+    """Remove the checkpoints of the ``done`` tasks that still have some (a run killed
+    between recording a task done and dropping them); return those tasks."""
+    root = Path(store) / FOLDER
+    held = [int(p.name.removeprefix("task-")) for p in root.glob("task-*")] if root.is_dir() else []
+    left = sorted(task for task in held if task in done)
+    for task in left:
+        drop(store, task)
+    return left
+
+
 def runs(store: str | os.PathLike[str], task: int) -> list[dict[str, Any]]:
     """What each run of task ``task`` did with checkpoints (empty without any)."""
-    try:
-        group = _open(task_folder(store, task), "r")
-    except Exception:
+    folder = task_folder(store, task)
+    if not folder.is_dir():
         return []
-    return list(group.attrs.get("runs", []))
+    try:
+        return list(_open(folder, "r").attrs.get("runs", []))
+    except Exception:  # damaged metadata: the history is lost, the task is not
+        return []
 
 
 def last_step(store: str | os.PathLike[str], task: int) -> int | None:
     """The step of task ``task``'s newest committed checkpoint (not verified), or None."""
     folder = task_folder(store, task)
-    steps = []
-    for slot in SLOTS:
-        try:
-            steps.append(
-                int(json.loads((folder / slot / "zarr.json").read_text())["attributes"]["step"])
-            )
-        except Exception:
-            continue
+    if not folder.is_dir():
+        return None
+    try:
+        group = _open(folder, "r")
+    except Exception:  # damaged metadata: no checkpoint a run could use
+        return None
+    steps = [int(commit["step"]) for slot in SLOTS if (commit := _commit(group, slot))]
     return max(steps) if steps else None
 
 
@@ -160,33 +196,41 @@ class TaskCheckpoints:
     # -- Checkpoints protocol ----------------------------------------------------------
 
     def __enter__(self) -> TaskCheckpoints:
-        _stop["watching"] += 1
+        _stop.watching += 1
         return self
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         """Stop watching for stop requests; a run that ended well is recorded finished."""
-        _stop["watching"] -= 1
+        _stop.watching -= 1
         if kind is None and self.run and self.folder.exists():
             self.run["finished"] = True
             self._record_run()
 
-    def restore(self) -> Snapshot | None:
-        """The newest checkpoint whose checksum holds; a damaged one is named and skipped."""
-        notes = []
+    def restore(self, accept: Callable[[Snapshot], str | None]) -> Snapshot | None:
+        """The newest checkpoint whose checksum holds and that ``accept`` takes (it says
+        why not); one that does not is named, and the older one or step 0 used."""
+        notes: list[str] = []
         found = None
-        if self.folder.exists():
-            group = _open(self.folder, "a")
-            candidates = []
-            for slot in SLOTS:
-                commit = _commit(group, slot)
-                if commit is not None:
-                    candidates.append((commit["step"], slot, commit))
-            for step, slot, commit in sorted(candidates, reverse=True):
-                snapshot = _read(group, slot, commit)
-                if isinstance(snapshot, Snapshot):
-                    found, self.newest, self.rows = snapshot, slot, snapshot.logged
-                    break
-                notes.append(f"the checkpoint at step {step} is damaged ({snapshot})")
+        try:
+            group = _open(self.folder, "r") if self.folder.is_dir() else None
+        except Exception as error:  # damaged metadata: start afresh
+            notes.append(f"its checkpoints are unreadable ({type(error).__name__})")
+            shutil.rmtree(self.folder, ignore_errors=True)
+            group = None
+        commits = [
+            (c["step"], slot, c)
+            for slot in SLOTS
+            if group is not None and (c := _commit(group, slot)) is not None
+        ]
+        for step, slot, commit in sorted(commits, reverse=True):
+            snapshot = _read(group, slot, commit)
+            reason = f"is damaged ({snapshot})" if isinstance(snapshot, str) else None
+            if reason is None and (refused := accept(snapshot)) is not None:
+                reason = f"cannot resume this run ({refused})"
+            if reason is None:
+                found, self.newest, self.rows = snapshot, slot, snapshot.logged
+                break
+            notes.append(f"the checkpoint at step {step} {reason}")
         start = found.step if found is not None else 0
         if notes:
             self.log(f"nnqs: task {self.task}: {'; '.join(notes)}; resuming from step {start}")
@@ -201,56 +245,64 @@ class TaskCheckpoints:
         return found
 
     def reached(self, step: int, logged: int, snapshot: Callable[[], Snapshot]) -> None:
-        """Save when the cadence or a stop request says so; stop after saving on request."""
-        requested = _stop["requested"]
-        by_time = (
-            self.policy.every_seconds and time.monotonic() - self.clock >= self.policy.every_seconds
+        """Save when the cadence or a stop request says so, and then stop on request;
+        after the last slice, save only to keep the final state (``keep``) and never stop
+        (the task is done; a pending request is the caller's, :func:`stop_requested`)."""
+        requested = _stop.requested
+        if step == self.final_step:
+            if self.policy.keep:
+                self.save(snapshot())
+            return
+        every = self.policy.every_seconds
+        by_time = bool(every) and time.monotonic() - self.clock >= every
+        by_count = bool(self.policy.every_logs) and (
+            logged - self.saved_logged >= self.policy.every_logs
         )
-        by_count = self.policy.every_logs and logged - self.saved_logged >= self.policy.every_logs
-        at_end = self.policy.keep and step == self.final_step
-        if requested or by_time or by_count or at_end:
+        if requested or by_time or by_count:
             self.save(snapshot())
         if requested:
             self.run["stopped"] = step
             self._record_run()
             raise TrainingStopped(
-                f"{requested} at step {step}: checkpoint saved, a rerun resumes there",
-                step - self.run["resumed_from"],
+                f"{requested} at step {step}: checkpoint saved, a rerun resumes there", step
             )
 
     # -- saving ------------------------------------------------------------------------
 
     def save(self, snapshot: Snapshot) -> None:
-        """Write ``snapshot`` into the slot that does not hold the newest checkpoint."""
-        group = _open(self.folder, "a")
+        """Write ``snapshot`` into the slot that does not hold the newest checkpoint (the
+        slot is removed first: a save cut short leaves it uncommitted, never mixed)."""
         slot = SLOTS[1] if self.newest == SLOTS[0] else SLOTS[0]
-        if slot in group:
-            group[slot].attrs.clear()  # uncommitted while its state is overwritten
-        logs = _log_arrays(group, snapshot)
+        shutil.rmtree(self.folder / slot, ignore_errors=True)
+        group = _open(self.folder, "a")
+        logs, created = _log_arrays(group, snapshot)
         for name, array in logs.items():
             rows = getattr(snapshot, name)
-            for row in range(self.rows, snapshot.logged):
+            for row in range(0 if created else self.rows, snapshot.logged):
                 array[row] = rows[row]
         self.rows = snapshot.logged
         state = group.require_group(slot)
         for i, leaf in enumerate(snapshot.state):
             per_member = max(1, leaf[:1].nbytes)
             array = state.create_array(
-                f"leaf-{i}", shape=leaf.shape, dtype=leaf.dtype, overwrite=True,
+                f"leaf-{i}", shape=leaf.shape, dtype=leaf.dtype,
                 chunks=(max(1, min(leaf.shape[0], CHUNK_BYTES // per_member)), *leaf.shape[1:]),
             )  # fmt: skip
             array[...] = leaf
-        state.attrs.update(
-            step=snapshot.step,
-            logged=snapshot.logged,
-            engine=snapshot.engine,
-            leaves=len(snapshot.state),
-            checksum=_checksum(snapshot),
-            saved_unix=round(time.time(), 3),
+        state.attrs.put(  # the commit: one metadata write, last
+            {
+                "step": snapshot.step,
+                "logged": snapshot.logged,
+                "engine": snapshot.engine,
+                "leaves": len(snapshot.state),
+                "checksum": _checksum(snapshot),
+                "saved_unix": round(time.time(), 3),
+            }
         )
         self.newest = slot
         self.saved_logged = snapshot.logged
         self.clock = time.monotonic()
+        _stop.saved += 1
         self.run["saved"] = snapshot.step
         self._record_run()
 
@@ -265,36 +317,40 @@ class TaskCheckpoints:
 
 
 def _open(folder: Path, mode: str) -> zarr.Group:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Zarr format 3 specification.*")
+    with quiet_zarr():
         return zarr.open_group(folder, mode=mode, zarr_format=3, use_consolidated=False)
 
 
-def _log_arrays(group: zarr.Group, snapshot: Snapshot) -> dict[str, zarr.Array]:
+def _log_arrays(group: zarr.Group, snapshot: Snapshot) -> tuple[dict[str, zarr.Array], bool]:
+    """The log arrays, grown to the snapshot's rows, and whether any had to be (re)created
+    (then every row is written again)."""
     logs = group.require_group("logs")
     rows = max(snapshot.logged, 1)
-    arrays = {}
-    for name in ("train_loss", "test_loss", "sums"):
-        values = getattr(snapshot, name)
-        shape = values.shape[1:]
-        if name in logs and logs[name].shape[1:] == shape:
+    arrays, created = {}, False
+    for name in LOG_FIELDS:
+        shape = getattr(snapshot, name).shape[1:]
+        try:
             array = logs[name]
+            if array.shape[1:] != shape:
+                raise ValueError(f"logs of shape {array.shape}")
             if array.shape[0] < rows:
                 array.resize((rows, *shape))
-        else:
+        except Exception:  # missing, or damaged metadata: (re)created
             array = logs.create_array(
                 name, shape=(rows, *shape), chunks=(1, *shape), dtype="<f8", overwrite=True
             )
+            created = True
         arrays[name] = array
-    return arrays
+    return arrays, created
 
 
 def _commit(group: zarr.Group, slot: str) -> dict[str, Any] | None:
+    """The commit of ``slot``, or None: never committed, being rewritten, or unreadable."""
     try:
         attrs = dict(group[slot].attrs)
-        return attrs if {"step", "logged", "engine", "leaves", "checksum"} <= set(attrs) else None
-    except Exception:
+    except Exception:  # absent, or its metadata no longer decodes
         return None
+    return attrs if {"step", "logged", "engine", "leaves", "checksum"} <= set(attrs) else None
 
 
 def _read(group: zarr.Group, slot: str, commit: dict[str, Any]) -> Snapshot | str:
@@ -306,16 +362,17 @@ def _read(group: zarr.Group, slot: str, commit: dict[str, Any]) -> Snapshot | st
             np.asarray(group[slot][f"leaf-{i}"][...]) for i in range(int(commit["leaves"]))
         )
         logs = {}
-        for name in ("train_loss", "test_loss", "sums"):
+        for name in LOG_FIELDS:
             array = group["logs"][name]
             logs[name] = np.asarray(array[:logged]) if logged else np.zeros((0, *array.shape[1:]))
         snapshot = Snapshot(int(commit["step"]), str(commit["engine"]), state, **logs)
-    except Exception as error:
+    except Exception as error:  # a chunk or metadata that no longer decodes
         return f"unreadable: {type(error).__name__}"
     return snapshot if _checksum(snapshot) == commit["checksum"] else "its checksum differs"
 
 
 def _checksum(snapshot: Snapshot) -> str:
+    """SHA-256 of a snapshot: its step, update, and every array's shape, dtype and bytes."""
     digest = hashlib.sha256(f"{snapshot.step}:{snapshot.engine}:{snapshot.logged}".encode())
     for values in (*snapshot.state, snapshot.train_loss, snapshot.test_loss, snapshot.sums):
         values = np.ascontiguousarray(values)

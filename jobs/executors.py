@@ -33,7 +33,7 @@ from typing import Any
 
 import submitit
 
-from jobs.checkpoints import TrainingStopped, stop_on_signal, stop_requested
+from jobs.checkpoints import TrainingStopped, checkpoints_saved, stop_on_signal, stop_requested
 from jobs.progress import ProgressBar
 from jobs.spec import SweepSpec
 from jobs.sweep import execute_task
@@ -142,12 +142,14 @@ class ShardJob(submitit.helpers.Checkpointable):
     def __init__(self, path: str) -> None:
         self.path = path
         self.progressed = False
+        self.saved_before = checkpoints_saved()
         self.idle_runs = 0  # pickled with the requeued call: counts across runs
 
     def __call__(self, tasks: Sequence[int]) -> list[int]:
         """Run the group; return the tasks this run computed (:func:`execute_task` leaves
         one another runner holds, or one done and intact)."""
         self.progressed = False
+        self.saved_before = checkpoints_saved()
         computed = []
         usr_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
         with stop_on_signal(usr_signal) as requeue:
@@ -156,8 +158,7 @@ class ShardJob(submitit.helpers.Checkpointable):
                     requeue()
                 try:
                     ran = execute_task(self.path, task)
-                except TrainingStopped as stopped:
-                    self.progressed = self.progressed or stopped.advanced > 0
+                except TrainingStopped:
                     requeue()  # submitit's own handler: checkpoint() below, requeue, exit
                     raise
                 if ran:
@@ -166,7 +167,8 @@ class ShardJob(submitit.helpers.Checkpointable):
         return computed
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
-        self.idle_runs = 0 if self.progressed else self.idle_runs + 1
+        saved = checkpoints_saved() > self.saved_before  # a checkpoint advanced this run
+        self.idle_runs = 0 if self.progressed or saved else self.idle_runs + 1
         if self.idle_runs >= MAX_IDLE_RUNS:
             print(
                 f"nnqs: no progress in {self.idle_runs} runs in a row (no task finished, no "

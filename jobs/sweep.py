@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -71,7 +72,24 @@ def open_sweep(spec: SweepSpec, path: str | os.PathLike[str]) -> SweepStore:
             f"{store.attrs['fingerprint'][:12]}), not spec {spec.source} "
             f"({spec.fingerprint()[:12]}); pass another --store or remove it"
         )
+    _adopt_cadence(store, spec)
     return store
+
+
+def _adopt_cadence(store: SweepStore, spec: SweepSpec) -> None:
+    """Make the spec's ``[checkpoint]`` the store's, which its tasks use (the cadence is
+    not in the fingerprint: it changes when tasks save, never their results)."""
+    held = dict(store.attrs["spec"])
+    cadence = spec.to_dict().get("checkpoint")
+    if cadence is None or held.get("checkpoint") == cadence:
+        return
+    print(
+        f"nnqs: store {store.path.name}: checkpoint cadence {held.get('checkpoint', 'default')} "
+        f"-> {cadence} (from {spec.source})",
+        file=sys.stderr,
+        flush=True,
+    )
+    store.update_attrs(spec={**held, "checkpoint": cadence})
 
 
 def execute_task(path: str | os.PathLike[str], task_id: int) -> bool:

@@ -249,12 +249,18 @@ def _cmd_run(args: argparse.Namespace) -> Any:
 
 def _todo(store: Any) -> list[int]:
     """The tasks to (re)compute, every done one verified against its checksum, after the
-    prepared arrays are checked (and rebuilt from the spec if damaged)."""
+    prepared arrays are checked (and rebuilt from the spec if damaged); checkpoints that
+    a finished task left behind (a run killed in between) are removed, unless kept."""
+    from jobs.checkpoints import drop_finished
     from jobs.repair import repair_prepared
+    from jobs.spec import store_spec
     from jobs.sweep import task_states
 
     repair_prepared(store)
-    return task_states(store, verify=True).todo()
+    status = task_states(store, verify=True)
+    if not store_spec(store).checkpoint.keep:
+        drop_finished(store.path, {t for t, state in status.states.items() if state == "done"})
+    return status.todo()
 
 
 def _cmd_validate(args: argparse.Namespace) -> Any:

@@ -120,7 +120,7 @@ class SweepStore:
         if not (self.path / "zarr.json").is_file():
             raise StoreError(f"store {self.path}: not a Zarr group (no zarr.json)")
         try:
-            with _quiet():  # per-array metadata, the source of truth for writers
+            with quiet_zarr():  # per-array metadata, the source of truth for writers
                 self.group = zarr.open_group(self.path, mode=mode, use_consolidated=False)
         except Exception as error:
             raise MetadataError(
@@ -172,7 +172,7 @@ class SweepStore:
         host, pid = socket.gethostname(), os.getpid()
         staging = path.with_name(f".{path.name}.{host}.{pid}.{uuid.uuid4().hex}.creating")
         try:
-            with _quiet():
+            with quiet_zarr():
                 group = zarr.open_group(staging, mode="w-", zarr_format=3)
                 for spec in arrays:
                     create_array(group, spec)
@@ -228,7 +228,7 @@ class SweepStore:
         """Write ``values`` into ``region`` of ``name``; the region must be chunk-aligned."""
         array = self.array(name)
         _check_aligned(name, array, region)
-        with _quiet():
+        with quiet_zarr():
             array[region] = values
 
     def checksum(self, regions: Sequence[tuple[str, Region]]) -> str:
@@ -245,7 +245,7 @@ class SweepStore:
     def record(self, task: int, state: str, **info: Any) -> None:
         """Write task ``task``'s manifest record (its own chunk: one writer)."""
         entry = {"state": state, **process_info(), **info}
-        with _quiet():
+        with quiet_zarr():
             self.group[MANIFEST][task] = json.dumps(entry, sort_keys=True, default=str)
 
     def records(self) -> list[TaskRecord]:
@@ -289,7 +289,7 @@ class SweepStore:
 
     def clear_record(self, task: int) -> None:
         """Mark task ``task`` pending (its record removed; ``nnqs repair`` only)."""
-        with _quiet():
+        with quiet_zarr():
             self.array(MANIFEST)[task] = ""
 
     def array_checksum(self, name: str) -> str:
@@ -316,7 +316,7 @@ class SweepStore:
 
     def consolidate(self) -> None:
         """Consolidate the metadata (once, when every writer has finished)."""
-        with _quiet():
+        with quiet_zarr():
             zarr.consolidate_metadata(self.path)
 
     @property
@@ -327,12 +327,12 @@ class SweepStore:
     def forget_aggregation(self) -> None:
         """Mark the aggregation stale (``nnqs repair``, when results change)."""
         if self.aggregated:
-            with _quiet():
+            with quiet_zarr():
                 del self.group.attrs["finalized_unix"]
 
     def update_attrs(self, **values: Any) -> None:
         """Set group attributes (a metadata write: only from a single finalising process)."""
-        with _quiet():
+        with quiet_zarr():
             self.group.attrs.update(values)
 
 
@@ -423,7 +423,7 @@ def _git(root: Path, *args: str) -> str | None:
 def create_array(group: zarr.Group, spec: ArraySpec, overwrite: bool = False) -> zarr.Array:
     """The array ``spec`` declares, empty (fill values), in ``group`` (``overwrite``: in
     place of one of that name, whose chunks go)."""
-    with _quiet():
+    with quiet_zarr():
         return group.create_array(
             spec.name,
             shape=spec.shape,
@@ -438,7 +438,7 @@ def create_array(group: zarr.Group, spec: ArraySpec, overwrite: bool = False) ->
 
 def create_manifest(group: zarr.Group, tasks: int, overwrite: bool = False) -> zarr.Array:
     """The manifest of ``tasks`` records, all pending, in ``group``."""
-    with _quiet():
+    with quiet_zarr():
         return group.create_array(
             MANIFEST,
             shape=(tasks,),
@@ -495,7 +495,7 @@ def _check_aligned(name: str, array: zarr.Array, region: Region) -> None:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_zarr() -> Iterator[None]:
     """Silence Zarr's notices that v3 consolidated metadata and string arrays are extensions."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Zarr format 3 specification.*")

@@ -21,20 +21,22 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from stores import assert_identical, run_nnqs
+from stores import assert_identical, run_nnqs, tiny_dynamics
 
 from jobs import checkpoints
-from jobs.spec import Checkpoint
+from jobs.spec import Checkpoint, parse_spec, store_spec
+from jobs.sweep import open_sweep
 from suite import networks, targets
 from suite.store import SweepStore
 from suite.training import train_ensemble
-from suite.training.checkpoint import SLICES, Snapshot, slice_bounds
+from suite.training.checkpoint import MAX_SLICE_STEPS, SLICES, Snapshot, slice_bounds
 
 
 class _Stop(Exception):
@@ -47,9 +49,12 @@ class _Memory:
 
     def __init__(self, stop_at: int | None = None, saved: Snapshot | None = None) -> None:
         self.stop_at, self.saved = stop_at, saved
+        self.refused: str | None = None
 
-    def restore(self) -> Snapshot | None:
-        return self.saved
+    def restore(self, accept: Callable[[Snapshot], str | None]) -> Snapshot | None:
+        if self.saved is not None:
+            self.refused = accept(self.saved)
+        return self.saved if self.refused is None else None
 
     def reached(self, step: int, logged: int, snapshot: Callable[[], Snapshot]) -> None:
         if step == self.stop_at:
@@ -66,7 +71,8 @@ def _problem() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("method", "dtype"), [("fast", "float32"), ("fast", "float64"), ("autodiff", "float64")]
+    ("method", "dtype"),
+    [("fast", "float32"), ("fast", "float64"), ("autodiff", "float32"), ("autodiff", "float64")],
 )
 def test_a_run_resumed_after_any_slice_ends_with_the_same_bits(method: str, dtype: str) -> None:
     x, phi, train = _problem()
@@ -98,9 +104,11 @@ def test_slices_cut_every_logged_step_and_at_most_every_last_over_slices_steps()
     assert set(steps) <= set(bounds.tolist()) and bounds[0] == 0 and bounds[-1] == 9503
     assert np.diff(bounds).max() <= -(-9503 // SLICES)
     assert bounds.size <= SLICES + steps.size + 1
+    long = slice_bounds(np.array([0, 10**6]))  # capped: a slice ends soon after a signal
+    assert np.diff(long).max() == MAX_SLICE_STEPS and long.size == 10**6 // MAX_SLICE_STEPS + 1
 
 
-def test_a_snapshot_of_another_run_is_refused_by_name() -> None:
+def test_a_snapshot_of_another_run_is_refused_by_name_and_the_run_starts_at_step_0() -> None:
     x, phi, train = _problem()
     steps = np.array([0, 4, 9])
     nnqs = networks.decoupled(networks.mlp(width=8, depth=1), networks.mlp(width=8, depth=1))
@@ -110,12 +118,18 @@ def test_a_snapshot_of_another_run_is_refused_by_name() -> None:
     first = _Memory(4)
     with pytest.raises(_Stop):
         train_ensemble(nnqs, x, phi, train, checkpoints=first, **kwargs)
-    with pytest.raises(ValueError, match="cannot resume: it holds the state of the 'fast'"):
-        train_ensemble(nnqs, x, phi, train, checkpoints=_Memory(saved=first.saved),
-                       method="autodiff", **kwargs)  # fmt: skip
+    autodiff = _Memory(saved=first.saved)
+    fresh = train_ensemble(nnqs, x, phi, train, method="autodiff", **kwargs)
+    again = train_ensemble(nnqs, x, phi, train, checkpoints=autodiff, method="autodiff", **kwargs)
+    assert autodiff.refused == "it holds the state of the 'fast' update, not 'autodiff'"
+    assert np.array_equal(again.sum_u, fresh.sum_u)  # from step 0, not from the snapshot
     wider = networks.decoupled(networks.mlp(width=9, depth=1), networks.mlp(width=9, depth=1))
-    with pytest.raises(ValueError, match="do not have this run's shapes"):
-        train_ensemble(wider, x, phi, train, checkpoints=_Memory(saved=first.saved), **kwargs)
+    other = _Memory(saved=first.saved)
+    train_ensemble(wider, x, phi, train, checkpoints=other, **kwargs)
+    assert other.refused == "its parameters do not have this run's shapes and dtype"
+    later = _Memory(saved=first.saved)
+    train_ensemble(nnqs, x, phi, train, checkpoints=later, **{**kwargs, "log_steps": [0, 5, 1500]})
+    assert later.refused == "step 4 is not a slice bound of this run"
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,16 +312,31 @@ def test_a_signal_during_training_saves_and_stops_then_the_rerun_resumes_bitwise
                 with _SignalledAt(1000, tmp_path, 0, policy, 4000) as saved:
                     train_ensemble(nnqs, x, phi, train, checkpoints=saved, **kwargs)
             bounds = slice_bounds(steps)
-            assert called == [] and stopped.value.advanced == bounds[bounds >= 1000][0]
-            assert checkpoints.last_step(tmp_path, 0) == stopped.value.advanced
+            assert called == [] and stopped.value.step == bounds[bounds >= 1000][0]
+            assert checkpoints.last_step(tmp_path, 0) == stopped.value.step
             run_previous()
             assert called == [signal.SIGUSR2]
             os.kill(os.getpid(), signal.SIGUSR2)  # no run watching: the previous handler
             assert called == [signal.SIGUSR2] * 2
         with checkpoints.TaskCheckpoints(tmp_path, 0, policy, 4000) as saved:
             resumed = train_ensemble(nnqs, x, phi, train, checkpoints=saved, **kwargs)
-        assert saved.run["resumed_from"] == stopped.value.advanced
+        assert saved.run["resumed_from"] == stopped.value.step
     finally:
         signal.signal(signal.SIGUSR2, previous)
     for name in ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv"):
         assert np.array_equal(getattr(resumed, name), getattr(whole, name)), name
+
+
+def test_reopening_a_store_with_another_cadence_makes_it_the_stores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = parse_spec(tomllib.loads(tiny_dynamics("cadence", 1, [8], 5)), "first.toml")
+    store = open_sweep(first, tmp_path / "cadence.zarr")
+    assert store_spec(store).checkpoint == Checkpoint()
+    faster = tiny_dynamics("cadence", 1, [8], 5) + "[checkpoint]\nevery_logs = 2\n"
+    second = parse_spec(tomllib.loads(faster), "second.toml")
+    open_sweep(second, tmp_path / "cadence.zarr")
+    assert "checkpoint cadence" in capsys.readouterr().err
+    assert store_spec(SweepStore(tmp_path / "cadence.zarr")).checkpoint.every_logs == 2
+    open_sweep(second, tmp_path / "cadence.zarr")  # the same again: nothing to say
+    assert capsys.readouterr().err == ""

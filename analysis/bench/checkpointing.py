@@ -6,11 +6,12 @@ decoupled one-hidden-layer ReLU NNQS; ``members`` of ``width``), ``steps`` steps
 at ``log_points`` steps, timed four ways in one process, interleaved (so that a load
 that drifts hits each alike), each the best of ``repeats`` after a compiling warm-up:
 
-* ``unsliced``: one program call per logged step (``suite.training.checkpoint.SLICES``
-  set to 1 for this run only), what the engine did before checkpoints;
+* ``unsliced``: one program call per logged step, the fewest a run can make
+  (``suite.training.checkpoint.SLICES`` set to 1 for this run only);
 * ``sliced``: the engine as it runs, cut into slices, with no checkpoints;
 * ``default``: with a task's checkpoints at the default cadence
-  (:class:`jobs.spec.Checkpoint`: every 600 s), into a real store folder;
+  (:class:`jobs.spec.Checkpoint`: every 600 s; a task shorter than that saves nothing),
+  in a temporary folder;
 * ``every_log``: saving at every logged step (each save timed).
 
 The figures are ratios to ``unsliced`` (1 is no overhead); at the default cadence the

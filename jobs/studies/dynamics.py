@@ -147,6 +147,7 @@ class Dynamics(Study):
         t, r, w = task.point
         train = np.flatnonzero(store.read("train_mask", (slice(t, t + 1), slice(None)))[0])
         steps = store.read("step")
+        # a stop signal while the results are written waits for them (the caller acts on it)
         with TaskCheckpoints(store.path, task.id, spec.checkpoint, int(steps[-1])) as checkpoints:
             stats = train_ensemble(
                 dynamics_nnqs(spec, spec.grid.widths[w]),
@@ -160,20 +161,7 @@ class Dynamics(Study):
                 dtype=spec.sweep.dtype,
                 checkpoints=checkpoints,
             )
-        at = (slice(t, t + 1), slice(r, r + 1), slice(w, w + 1))
-        regions: list[tuple[str, Region]] = []
-        for name, values in (
-            ("member_train_loss", stats.train_loss),
-            ("member_test_loss", stats.test_loss),
-        ):
-            region = (*at, slice(task.start, task.stop), slice(None))
-            store.write(name, region, values.T[None, None, None])
-            regions.append((name, region))
-        for name in SUMS:
-            region = (*at, slice(task.shard, task.shard + 1), slice(None), slice(None))
-            store.write(name, region, getattr(stats, name)[None, None, None, None])
-            regions.append((name, region))
-        return regions
+            return _write_results(store, task, stats)
 
     def aggregate(self, store: SweepStore, point: tuple[int, ...]) -> None:
         t, r, w = point
@@ -259,6 +247,24 @@ class Dynamics(Study):
             "shard": shard,
             "aggregation": aggregation_bytes(spec, point),
         }
+
+
+def _write_results(store: SweepStore, task: Task, stats: EnsembleStats) -> list[tuple[str, Region]]:
+    """A task's member losses and shard sums into its own chunks; the regions written."""
+    at = tuple(slice(i, i + 1) for i in task.point)
+    regions: list[tuple[str, Region]] = []
+    for name, values in (
+        ("member_train_loss", stats.train_loss),
+        ("member_test_loss", stats.test_loss),
+    ):
+        region = (*at, slice(task.start, task.stop), slice(None))
+        store.write(name, region, values.T[None, None, None])
+        regions.append((name, region))
+    for name in SUMS:
+        region = (*at, slice(task.shard, task.shard + 1), slice(None), slice(None))
+        store.write(name, region, getattr(stats, name)[None, None, None, None])
+        regions.append((name, region))
+    return regions
 
 
 @dataclass(frozen=True)

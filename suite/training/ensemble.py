@@ -238,9 +238,12 @@ def train_ensemble(
         jax.device_put(consts[:3], replicated),
         jax.device_put(consts[3:], replicated),
     )
-    state = engine.state(init_ensemble(nnqs, seed, padded, in_dim), compute)
+
+    def initial() -> Any:
+        return engine.state(init_ensemble(nnqs, seed, padded, in_dim), compute)
+
     with jax.default_matmul_precision("highest"):  # float32 is float32, not TF32 on GPUs
-        train_loss, test_loss, sums = run.slices(state, steps, n_points, checkpoints)
+        train_loss, test_loss, sums = run.slices(initial, steps, n_points, checkpoints)
     return EnsembleStats(
         members=ids,
         steps=steps,
@@ -269,35 +272,40 @@ class _Run:
     evaluation: Any
 
     def slices(
-        self, state: Any, steps: np.ndarray, n_points: int, checkpoints: Checkpoints | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run from step 0, or from the checkpoints' snapshot, to the last logged step,
-        slice by slice (:func:`~suite.training.checkpoint.slice_bounds`); the results at
-        ``steps``: train and test losses ``(L, m)`` and sums ``(L, 5, D)``, float64."""
+        self, initial: Callable[[], Any], steps: np.ndarray, n_points: int,
+        checkpoints: Checkpoints | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """Run from the ``initial()`` state at step 0, or from the checkpoints' snapshot,
+        to the last logged step, slice by slice
+        (:func:`~suite.training.checkpoint.slice_bounds`); the results at ``steps``: train
+        and test losses ``(L, m)`` and sums ``(L, 5, D)``, float64."""
         bounds = slice_bounds(steps)
-        fit: list[np.ndarray] = []
-        test: list[np.ndarray] = []
-        sums: list[np.ndarray] = []
-        start = 0
-        snapshot = checkpoints.restore() if checkpoints is not None else None
-        if snapshot is not None:
-            like = [
-                jax.ShapeDtypeStruct((self.count, *leaf.shape[1:]), leaf.dtype)
-                for leaf in jax.tree.leaves(state)
-            ]
-            reason = check_snapshot(snapshot, self.engine, like, bounds, steps, n_points)
-            if reason is not None:
-                raise ValueError(f"the checkpoint at step {snapshot.step} cannot resume: {reason}")
-            state = jax.tree.unflatten(jax.tree.structure(state), [
-                _pad(saved, leaf.shape[0]) for saved, leaf in
-                zip(snapshot.state, jax.tree.leaves(state), strict=True)
-            ])  # fmt: skip
+        shapes = jax.eval_shape(initial)
+        like = [
+            jax.ShapeDtypeStruct((self.count, *leaf.shape[1:]), leaf.dtype)
+            for leaf in jax.tree.leaves(shapes)
+        ]
+
+        def accept(snapshot: Snapshot) -> str | None:
+            return check_snapshot(snapshot, self.engine, like, bounds, steps, n_points)
+
+        snapshot = checkpoints.restore(accept) if checkpoints is not None else None
+        if snapshot is None:
+            state: Any = initial()
+            fit: list[np.ndarray] = []
+            test: list[np.ndarray] = []
+            sums: list[np.ndarray] = []
+            start = 0
+        else:
+            saved = [_pad(leaf, s.shape[0]) for leaf, s in
+                     zip(snapshot.state, jax.tree.leaves(shapes), strict=True)]  # fmt: skip
+            state = jax.tree.unflatten(jax.tree.structure(shapes), saved)
             fit, test = list(snapshot.train_loss), list(snapshot.test_loss)
             sums = list(snapshot.sums)
             start = int(np.searchsorted(bounds, snapshot.step))
         state = jax.device_put(state, self.member_sharding)
         logged = set(steps.tolist())
-        if start == 0 and 0 in logged:
+        if snapshot is None and 0 in logged:
             self._log(state, n_points, fit, test, sums)
         for done, bound in zip(bounds[start:-1], bounds[start + 1 :], strict=True):
             state = self.programs.advance(state, self.lr, np.int32(bound - done), self.train)
@@ -336,6 +344,8 @@ class _Run:
 
 
 def _pad(saved: np.ndarray, size: int) -> np.ndarray:
-    """A saved leaf of the run's members padded to ``size`` with copies of the last one."""
-    extra = np.repeat(saved[-1:], size - saved.shape[0], axis=0)
-    return np.concatenate([saved, extra]) if extra.size else saved
+    """A saved leaf of the run's members padded to ``size`` with copies of the last one
+    (as :func:`train_ensemble` pads the members it initialises)."""
+    if size == saved.shape[0]:
+        return saved
+    return np.concatenate([saved, np.repeat(saved[-1:], size - saved.shape[0], axis=0)])
