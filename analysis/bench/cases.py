@@ -103,6 +103,42 @@ _PROCESSES = Scaling("strong", "processes", "tasks_per_s")
 _ARRAY_TASKS = Scaling("strong", "SLURM array tasks", "tasks_per_s")
 _WEAK = Scaling("weak", "devices", "member_steps_per_s")
 
+_KERNEL_FLOW_QUICK = {"sites": [4, 6, 8], "dense_sites": [4, 6], "fit_from": 4,
+                      "members": 2, "steps": 5, "repeats": 1, "h": 3.0}  # fmt: skip
+_KERNEL_FLOW_FULL = {"sites": [8, 10, 12, 14, 16, 18, 20], "dense_sites": [8, 10, 12],
+                     "fit_from": 14, "members": 4, "steps": 20, "repeats": 2, "h": 3.0}  # fmt: skip
+_GROUND_STATE_QUICK = {"lx": 2, "ly": 2, "fields": [3.0], "members": 8, "steps": 2000,
+                       "log_points": 8, "lr_factor": 0.5, "chunk": 8, "seed": 0}  # fmt: skip
+_GROUND_STATE_FULL = {"lx": 3, "ly": 3, "fields": [3.0, 1.0], "members": 256, "steps": 100000,
+                      "log_points": 30, "lr_factor": 0.5, "chunk": 256, "seed": 0}  # fmt: skip
+
+
+def _kernel_flow_metrics() -> dict[str, Metric]:
+    sizes = (_KERNEL_FLOW_QUICK, _KERNEL_FLOW_FULL)
+    metrics = {"walsh_exponent": Metric("", "lower"), "dense_exponent": Metric("", "lower")}
+    for n in sorted({n for size in sizes for n in size["sites"]}):
+        metrics[f"walsh_step_ms_{n}"] = Metric("ms", "lower")
+    for n in sorted({n for size in sizes for n in size["dense_sites"]}):
+        metrics[f"dense_step_ms_{n}"] = Metric("ms", "lower")
+        metrics[f"walsh_speedup_{n}"] = Metric("x")
+    return metrics
+
+
+def _ground_state_metrics() -> dict[str, Metric]:
+    per_field = {
+        "seconds": Metric("s", "lower"),
+        "gap": Metric(""),
+        "eta_max": Metric(""),
+        "max_final_error": Metric("relative", "lower"),
+        "median_final_error": Metric("relative", "lower"),
+        "max_final_infidelity": Metric("", "lower"),
+        "fraction_within_tolerance": Metric("fraction"),
+        "steps_to_tolerance": Metric("steps", "lower"),
+    }
+    fields = {h for size in (_GROUND_STATE_QUICK, _GROUND_STATE_FULL) for h in size["fields"]}
+    return {f"{name}_h{h:g}": metric for h in sorted(fields) for name, metric in per_field.items()}
+
+
 CASES: dict[str, Case] = {
     case.name: case
     for case in (
@@ -268,6 +304,24 @@ CASES: dict[str, Case] = {
                 "repeats": 2,
             },
             run="analysis.bench.checkpointing:measure_checkpoint_overhead",
+        ),
+        Case(
+            name="kernel_flow_scaling",
+            measures="infinite-width ensemble on the TFIM energy: seconds per step against "
+            "D = 2^N, Walsh-Hadamard kernels against dense ones in the same run",
+            metrics=_kernel_flow_metrics(),
+            quick=_KERNEL_FLOW_QUICK,
+            full=_KERNEL_FLOW_FULL,
+            run="analysis.bench.kernel_flow:measure_kernel_flow_scaling",
+        ),
+        Case(
+            name="infinite_ground_state",
+            measures="ground-state search at infinite width: every NNGP draw's energy error "
+            "against exact diagonalisation (TFIM, decoupled ReLU NNQS)",
+            metrics=_ground_state_metrics(),
+            quick=_GROUND_STATE_QUICK,
+            full=_GROUND_STATE_FULL,
+            run="analysis.bench.kernel_flow:measure_infinite_ground_state",
         ),
         Case(
             name="time_to_solution",

@@ -1,0 +1,121 @@
+"""Finite members on any loss, and each member's own linearisation (docs/theory.md §7).
+
+For one member with parameters ``theta_0`` and its outputs ``(u, v)`` on the whole basis:
+
+* the network itself trained by full-batch gradient descent,
+  ``theta <- theta - eta dL/dtheta`` with ``dL/dtheta_p = 2 Re sum_x conj(g(x)) d_p psi(x)``
+  (one vjp of ``(u, v)`` with cotangents ``(2 Re g, 2 Im g)``);
+* its linearisation ``psi_lin(theta) = psi_0 + J_0 (theta - theta_0)`` (paper Eqs. 11-12)
+  trained by the same rule, matrix-free: one jvp and one transposed jvp at ``theta_0``
+  per step (``jax.linearize``), no ``D x D`` kernel.
+
+The linearised member moves in function space exactly as its empirical QS-NTK at
+initialisation prescribes (:func:`suite.kernel_flow.kernel_flow` with that kernel), so
+the member against its linearisation measures kernel motion, and the linearisations
+against the infinite-width ensemble measure kernel fluctuation. This is the reference
+route (every member vmapped, float64, the whole basis each step); ensembles at scale go
+through :mod:`suite.training`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from suite.kernel_flow import FlowLog, check_steps
+from suite.losses import Loss, real_gradient
+from suite.networks import NNQS, Params
+
+Array = jax.Array
+
+
+def _descend(trainable: Params, gradient: Params, learning_rate: Array) -> Params:
+    return jax.tree.map(lambda p, d: p - learning_rate * d, trainable, gradient)
+
+
+@partial(jax.jit, static_argnames=("nnqs", "linearised"))
+def _run(
+    nnqs: NNQS,
+    linearised: bool,
+    params: Params,
+    x: Array,
+    loss: Loss,
+    observables: Mapping[str, Loss],
+    learning_rate: Array,
+    counts: Array,
+) -> dict[str, Array]:
+    """Every member: the logged values after each of ``counts`` further steps, ``(M, T)``."""
+    return jax.vmap(lambda member: _member(nnqs, linearised, member, x, loss, observables,
+                                           learning_rate, counts))(params)  # fmt: skip
+
+
+def _member(
+    nnqs: NNQS,
+    linearised: bool,
+    params: Params,
+    x: Array,
+    loss: Loss,
+    observables: Mapping[str, Loss],
+    learning_rate: Array,
+    counts: Array,
+) -> dict[str, Array]:
+    trainable0, frozen = params
+
+    def parts(trainable: Params) -> tuple[Array, Array]:
+        return nnqs.parts((trainable, frozen), x)
+
+    outputs0, tangent = jax.linearize(parts, trainable0)
+    transpose = jax.linear_transpose(tangent, trainable0)
+
+    def outputs(trainable: Params) -> tuple[Array, Array]:
+        if not linearised:
+            return parts(trainable)
+        moved = tangent(jax.tree.map(jnp.subtract, trainable, trainable0))
+        return outputs0[0] + moved[0], outputs0[1] + moved[1]
+
+    def step(_: Array, trainable: Params) -> Params:
+        if linearised:
+            u, v = outputs(trainable)
+            (gradient,) = transpose(real_gradient(loss, u + 1j * v))
+        else:
+            (u, v), pullback = jax.vjp(parts, trainable)
+            (gradient,) = pullback(real_gradient(loss, u + 1j * v))
+        return _descend(trainable, gradient, learning_rate)
+
+    def segment(trainable: Params, count: Array) -> tuple[Params, dict[str, Array]]:
+        trainable = jax.lax.fori_loop(0, count, step, trainable)
+        u, v = outputs(trainable)
+        psi = u + 1j * v
+        return trainable, {name: watched.value(psi) for name, watched in observables.items()}
+
+    return jax.lax.scan(segment, trainable0, counts)[1]
+
+
+def member_flows(
+    nnqs: NNQS,
+    params: Params,
+    inputs: np.ndarray,
+    loss: Loss,
+    learning_rate: float,
+    steps: Sequence[int] | np.ndarray,
+    *,
+    linearised: bool = False,
+    observables: Mapping[str, Loss] | None = None,
+) -> FlowLog:
+    """Train each member of ``params`` (stacked on a leading member axis, e.g.
+    :func:`suite.networks.init_ensemble`) on ``loss`` over the whole basis ``inputs``, or
+    its linearisation at initialisation; ``values[name]`` is ``(T, M)`` as in
+    :class:`suite.kernel_flow.FlowLog` (``final`` is empty: parameters are not kept)."""
+    logged = check_steps(steps)
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    watched = {"loss": loss, **(observables or {})}
+    counts = jnp.asarray(np.diff(logged, prepend=0))
+    x = jnp.asarray(inputs, dtype=jnp.float64)
+    eta = jnp.asarray(learning_rate, dtype=jnp.float64)
+    values = _run(nnqs, linearised, params, x, loss, watched, eta, counts)
+    return FlowLog(logged, {name: np.asarray(v).T for name, v in values.items()}, np.empty((0,)))
