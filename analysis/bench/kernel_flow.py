@@ -6,8 +6,9 @@ under the infinite-width QS-NTK of a decoupled one-hidden-layer ReLU NNQS, on th
 energy of a periodic TFIM at ``h = 3``, for ``D = 2^N`` basis states: the
 Walsh-Hadamard route (``O(D log D)``, no ``D x D`` array) at every ``N``, the dense
 ``2D x 2D`` kernel at the small ``N`` of ``dense_sites``, in the same run. The fitted
-exponent ``p`` of ``seconds ~ D^p`` (Walsh: from ``fit_from`` sites up, where fixed
-costs no longer count; dense: all its sizes) says how each scales.
+exponent ``p`` of ``seconds ~ D^p`` (on the sizes from ``fit_from`` and
+``dense_fit_from`` sites up, where fixed costs no longer count; None: not fitted) says
+how each scales.
 
 ``infinite_ground_state``: the acceptance run of ground-state search at infinite width:
 ``members`` NNGP draws evolved at ``lr_factor`` times the learning-rate bound; the
@@ -92,8 +93,9 @@ def measure_kernel_flow_scaling(params: Mapping[str, Any]) -> Measured:
         f"peak resident memory {peak_gib:.2f} GiB (one D x D float64 array at N = {largest} "
         f"would take {8 * 4.0**largest / 2**30:.3g} GiB)",
     ]
-    for name, timings, smallest in (("walsh", walsh, params["fit_from"]), ("dense", dense, 0)):
-        fitted = [n for n in timings if n >= smallest]
+    fits = (("walsh", walsh, params["fit_from"]), ("dense", dense, params["dense_fit_from"]))
+    for name, timings, smallest in fits:
+        fitted = [] if smallest is None else [n for n in timings if n >= smallest]
         if len(fitted) >= 2:
             values[f"{name}_exponent"] = _exponent(fitted, [timings[n] for n in fitted])
             notes.append(f"{name}_exponent fitted on N = {fitted[0]}..{fitted[-1]}")
