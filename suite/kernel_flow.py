@@ -169,6 +169,12 @@ def check_steps(steps: Sequence[int] | np.ndarray) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def check_learning_rate(learning_rate: float) -> None:
+    """``ValueError`` unless ``learning_rate`` is a positive finite number."""
+    if not (np.isfinite(learning_rate) and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+
+
 def kernel_flow(
     kernel: BasisKernel,
     loss: Loss,
@@ -189,8 +195,7 @@ def kernel_flow(
     state) logged alongside ``"loss"``.
     """
     logged = check_steps(steps)
-    if not (np.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    check_learning_rate(learning_rate)
     psi = jnp.asarray(psi0, dtype=jnp.complex128)
     if psi.ndim != 2 or psi.shape[1] != kernel.dimension:
         raise ValueError(f"psi0 must have shape (members, {kernel.dimension}), got {psi.shape}")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from suite.kernel_flow import FlowLog, check_steps
+from suite.kernel_flow import FlowLog, check_learning_rate, check_steps
 from suite.losses import Loss, real_gradient
 from suite.networks import NNQS, Params
 
@@ -49,50 +49,40 @@ def _run(
     counts: Array,
 ) -> dict[str, Array]:
     """Every member: the logged values after each of ``counts`` further steps, ``(M, T)``."""
-    return jax.vmap(lambda member: _member(nnqs, linearised, member, x, loss, observables,
-                                           learning_rate, counts))(params)  # fmt: skip
 
+    def member(own: Params) -> dict[str, Array]:
+        trainable0, frozen = own
 
-def _member(
-    nnqs: NNQS,
-    linearised: bool,
-    params: Params,
-    x: Array,
-    loss: Loss,
-    observables: Mapping[str, Loss],
-    learning_rate: Array,
-    counts: Array,
-) -> dict[str, Array]:
-    trainable0, frozen = params
+        def parts(trainable: Params) -> tuple[Array, Array]:
+            return nnqs.parts((trainable, frozen), x)
 
-    def parts(trainable: Params) -> tuple[Array, Array]:
-        return nnqs.parts((trainable, frozen), x)
+        outputs0, tangent = jax.linearize(parts, trainable0)
+        transpose = jax.linear_transpose(tangent, trainable0)
 
-    outputs0, tangent = jax.linearize(parts, trainable0)
-    transpose = jax.linear_transpose(tangent, trainable0)
+        def outputs(trainable: Params) -> tuple[Array, Array]:
+            if not linearised:
+                return parts(trainable)
+            moved = tangent(jax.tree.map(jnp.subtract, trainable, trainable0))
+            return outputs0[0] + moved[0], outputs0[1] + moved[1]
 
-    def outputs(trainable: Params) -> tuple[Array, Array]:
-        if not linearised:
-            return parts(trainable)
-        moved = tangent(jax.tree.map(jnp.subtract, trainable, trainable0))
-        return outputs0[0] + moved[0], outputs0[1] + moved[1]
+        def step(_: Array, trainable: Params) -> Params:
+            if linearised:
+                u, v = outputs(trainable)
+                (gradient,) = transpose(real_gradient(loss, u + 1j * v))
+            else:
+                (u, v), pullback = jax.vjp(parts, trainable)
+                (gradient,) = pullback(real_gradient(loss, u + 1j * v))
+            return _descend(trainable, gradient, learning_rate)
 
-    def step(_: Array, trainable: Params) -> Params:
-        if linearised:
+        def segment(trainable: Params, count: Array) -> tuple[Params, dict[str, Array]]:
+            trainable = jax.lax.fori_loop(0, count, step, trainable)
             u, v = outputs(trainable)
-            (gradient,) = transpose(real_gradient(loss, u + 1j * v))
-        else:
-            (u, v), pullback = jax.vjp(parts, trainable)
-            (gradient,) = pullback(real_gradient(loss, u + 1j * v))
-        return _descend(trainable, gradient, learning_rate)
+            psi = u + 1j * v
+            return trainable, {name: watched.value(psi) for name, watched in observables.items()}
 
-    def segment(trainable: Params, count: Array) -> tuple[Params, dict[str, Array]]:
-        trainable = jax.lax.fori_loop(0, count, step, trainable)
-        u, v = outputs(trainable)
-        psi = u + 1j * v
-        return trainable, {name: watched.value(psi) for name, watched in observables.items()}
+        return jax.lax.scan(segment, trainable0, counts)[1]
 
-    return jax.lax.scan(segment, trainable0, counts)[1]
+    return jax.vmap(member)(params)
 
 
 def member_flows(
@@ -111,8 +101,7 @@ def member_flows(
     its linearisation at initialisation; ``values[name]`` is ``(T, M)`` as in
     :class:`suite.kernel_flow.FlowLog` (``final`` is empty: parameters are not kept)."""
     logged = check_steps(steps)
-    if not (np.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    check_learning_rate(learning_rate)
     watched = {"loss": loss, **(observables or {})}
     counts = jnp.asarray(np.diff(logged, prepend=0))
     x = jnp.asarray(inputs, dtype=jnp.float64)
