@@ -4,7 +4,8 @@ rerun resumes from it (README, "Checkpoints within a task"; :mod:`suite.training
 A task's checkpoints live in ``<store>/.checkpoints/task-<id>/``, a Zarr group written
 only by the process that holds the task's claim (:mod:`jobs.claims`)::
 
-    logs/train_loss, logs/test_loss  (L, m)      one chunk per logged step
+    logs/values                      (L, V, m)   one chunk per logged step: the V
+                                                 per-member values (train and test loss)
     logs/sums                        (L, 5, D)   one chunk per logged step
     slot-0/leaf-<i>, slot-1/leaf-<i>             the update's state, chunked by members
 
@@ -374,7 +375,7 @@ def _read(group: zarr.Group, slot: str, commit: dict[str, Any]) -> Snapshot | st
 def _checksum(snapshot: Snapshot) -> str:
     """SHA-256 of a snapshot: its step, update, and every array's shape, dtype and bytes."""
     digest = hashlib.sha256(f"{snapshot.step}:{snapshot.engine}:{snapshot.logged}".encode())
-    for values in (*snapshot.state, snapshot.train_loss, snapshot.test_loss, snapshot.sums):
+    for values in (*snapshot.state, *(getattr(snapshot, name) for name in LOG_FIELDS)):
         values = np.ascontiguousarray(values)
         digest.update(f"{values.shape}{values.dtype}".encode())
         digest.update(values.tobytes())

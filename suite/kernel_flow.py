@@ -39,6 +39,7 @@ from suite.kernels.gram import gram
 from suite.kernels.walsh import WalshPairKernel, hamming_profile
 from suite.losses import Loss, real_gradient
 from suite.networks import NNQS
+from suite.training.validation import check_learning_rate, check_steps
 
 Array = jax.Array
 Route = Literal["auto", "walsh", "dense"]
@@ -155,26 +156,6 @@ class FlowLog:
         return np.all(np.isfinite(loss), axis=0) & ~np.any(rises, axis=0)
 
 
-def check_steps(steps: Sequence[int] | np.ndarray) -> np.ndarray:
-    """``steps`` as int64 if they are increasing non-negative integers, else ``ValueError``."""
-    array = np.asarray(steps)
-    if (
-        array.ndim != 1
-        or array.size == 0
-        or not np.issubdtype(array.dtype, np.integer)
-        or array[0] < 0
-        or np.any(np.diff(array) <= 0)
-    ):
-        raise ValueError(f"steps must be increasing non-negative integers, got {steps!r}")
-    return array.astype(np.int64)
-
-
-def check_learning_rate(learning_rate: float) -> None:
-    """``ValueError`` unless ``learning_rate`` is a positive finite number."""
-    if not (np.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-
-
 def kernel_flow(
     kernel: BasisKernel,
     loss: Loss,
@@ -194,7 +175,7 @@ def kernel_flow(
     interval. ``observables`` are other losses (e.g. an infidelity to the exact ground
     state) logged alongside ``"loss"``.
     """
-    logged = check_steps(steps)
+    logged = check_steps(steps, "steps")
     check_learning_rate(learning_rate)
     psi = jnp.asarray(psi0, dtype=jnp.complex128)
     if psi.ndim != 2 or psi.shape[1] != kernel.dimension:

@@ -14,7 +14,7 @@ initialisation prescribes (:func:`suite.kernel_flow.kernel_flow` with that kerne
 the member against its linearisation measures kernel motion, and the linearisations
 against the infinite-width ensemble measure kernel fluctuation. This is the reference
 route (every member vmapped, float64, the whole basis each step); ensembles at scale go
-through :mod:`suite.training`.
+through :func:`suite.training.train_on_loss`, which is tested against it.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from suite.kernel_flow import FlowLog, check_learning_rate, check_steps
+from suite.kernel_flow import FlowLog
 from suite.losses import Loss, real_gradient
 from suite.networks import NNQS, Params
+from suite.training.validation import check_learning_rate, check_steps
 
 Array = jax.Array
 
@@ -56,23 +57,27 @@ def _run(
         def parts(trainable: Params) -> tuple[Array, Array]:
             return nnqs.parts((trainable, frozen), x)
 
-        outputs0, tangent = jax.linearize(parts, trainable0)
-        transpose = jax.linear_transpose(tangent, trainable0)
+        if linearised:
+            outputs0, tangent = jax.linearize(parts, trainable0)
+            transpose = jax.linear_transpose(tangent, trainable0)
 
-        def outputs(trainable: Params) -> tuple[Array, Array]:
-            if not linearised:
-                return parts(trainable)
-            moved = tangent(jax.tree.map(jnp.subtract, trainable, trainable0))
-            return outputs0[0] + moved[0], outputs0[1] + moved[1]
+            def outputs(trainable: Params) -> tuple[Array, Array]:
+                moved = tangent(jax.tree.map(jnp.subtract, trainable, trainable0))
+                return outputs0[0] + moved[0], outputs0[1] + moved[1]
+
+            def gradient(trainable: Params) -> Params:
+                u, v = outputs(trainable)
+                return transpose(real_gradient(loss, u + 1j * v))[0]
+
+        else:
+            outputs = parts
+
+            def gradient(trainable: Params) -> Params:
+                (u, v), pullback = jax.vjp(parts, trainable)
+                return pullback(real_gradient(loss, u + 1j * v))[0]
 
         def step(_: Array, trainable: Params) -> Params:
-            if linearised:
-                u, v = outputs(trainable)
-                (gradient,) = transpose(real_gradient(loss, u + 1j * v))
-            else:
-                (u, v), pullback = jax.vjp(parts, trainable)
-                (gradient,) = pullback(real_gradient(loss, u + 1j * v))
-            return _descend(trainable, gradient, learning_rate)
+            return _descend(trainable, gradient(trainable), learning_rate)
 
         def segment(trainable: Params, count: Array) -> tuple[Params, dict[str, Array]]:
             trainable = jax.lax.fori_loop(0, count, step, trainable)
@@ -100,7 +105,7 @@ def member_flows(
     :func:`suite.networks.init_ensemble`) on ``loss`` over the whole basis ``inputs``, or
     its linearisation at initialisation; ``values[name]`` is ``(T, M)`` as in
     :class:`suite.kernel_flow.FlowLog` (``final`` is empty: parameters are not kept)."""
-    logged = check_steps(steps)
+    logged = check_steps(steps, "steps")
     check_learning_rate(learning_rate)
     watched = {"loss": loss, **(observables or {})}
     counts = jnp.asarray(np.diff(logged, prepend=0))

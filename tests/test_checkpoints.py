@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from stores import assert_identical, run_nnqs, tiny_dynamics
@@ -34,8 +35,11 @@ from jobs import checkpoints
 from jobs.spec import Checkpoint, parse_spec, store_spec
 from jobs.sweep import open_sweep
 from suite import networks, targets
+from suite.lattice import Lattice
+from suite.losses import Energy, Infidelity, SparseRows
+from suite.operators import tfim_hamiltonian
 from suite.store import SweepStore
-from suite.training import train_ensemble
+from suite.training import train_ensemble, train_on_loss
 from suite.training.checkpoint import MAX_SLICE_STEPS, SLICES, Snapshot, slice_bounds
 
 
@@ -96,6 +100,39 @@ def test_a_run_resumed_after_any_slice_ends_with_the_same_bits(method: str, dtyp
         )
         for name in ("train_loss", "test_loss", "sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv"):
             assert np.array_equal(getattr(resumed, name), getattr(whole, name)), (stop_at, name)
+
+
+@pytest.mark.parametrize("method", ["fast", "autodiff"])
+def test_a_run_on_any_loss_resumed_after_a_slice_ends_with_the_same_bits(method: str) -> None:
+    """The same for :func:`suite.training.train_on_loss` (energy loss, an observable)."""
+    x = targets.basis_of(targets.make_spec("tfim", lx=2, ly=3)).inputs()
+    hamiltonian = tfim_hamiltonian(Lattice(2, 3), J=1.0, h=2.0)
+    loss = Energy(SparseRows.from_csr(hamiltonian))
+    ground = Infidelity(jnp.asarray(np.linalg.eigh(hamiltonian.toarray())[1][:, 0]))
+    steps = np.array([0, 3, 40, 700])
+    kwargs: dict[str, Any] = dict(
+        seed=2, members=np.arange(3), learning_rate=0.02, log_steps=steps, method=method,
+        observables={"infidelity": ground},
+    )  # fmt: skip
+    nnqs = networks.mlp_nnqs("decoupled", "relu", 1, 24)
+    whole = train_on_loss(nnqs, x, loss, **kwargs)
+    stop_at = int(slice_bounds(steps)[-3])
+    first = _Memory(stop_at)
+    with pytest.raises(_Stop):
+        train_on_loss(nnqs, x, loss, checkpoints=first, **kwargs)
+    assert first.saved is not None and first.saved.values.shape == (3, 2, 3)
+    resumed = train_on_loss(nnqs, x, loss, checkpoints=_Memory(saved=first.saved), **kwargs)
+    for name in ("loss", "infidelity"):
+        assert np.array_equal(resumed.values[name], whole.values[name]), name
+    assert np.array_equal(resumed.sum_uv, whole.sum_uv)
+    # a supervised snapshot (two values per member) does not resume this run
+    refusing = _Memory(saved=first.saved)
+    supervised_like = Snapshot(stop_at, first.saved.engine, first.saved.state,
+                               first.saved.values[:, :1], first.saved.sums)  # fmt: skip
+    refusing.saved = supervised_like
+    again = train_on_loss(nnqs, x, loss, checkpoints=refusing, **kwargs)
+    assert refusing.refused is not None and "values" in refusing.refused
+    assert np.array_equal(again.values["loss"], whole.values["loss"])
 
 
 def test_slices_cut_every_logged_step_and_at_most_every_last_over_slices_steps() -> None:

@@ -265,8 +265,9 @@ def test_fidelity_and_tomography_flows_approach_their_target() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"steps": [0, 5, 5]}, "steps must be increasing"),
-        ({"steps": [0.0, 1.5]}, "steps must be increasing"),
+        ({"steps": [0, 5, 5]}, "steps must be strictly ascending"),
+        ({"steps": [0.0, 1.5]}, "steps must be a non-empty 1-d sequence of integers"),
+        ({"steps": [-1, 5]}, "steps must be non-negative"),
         ({"learning_rate": -1.0}, "learning_rate must be a positive"),
         ({"learning_rate": math.inf}, "learning_rate must be a positive"),
         ({"psi0": np.zeros((2, 5))}, r"psi0 must have shape \(members, 16\)"),

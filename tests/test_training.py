@@ -22,11 +22,7 @@ Established here:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import suite  # noqa: F401  (first: enables JAX float64)
 
@@ -36,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from devices import run_on_devices
 
 from suite import networks as nw
 from suite.dynamics import max_learning_rate
@@ -50,7 +47,6 @@ from suite.training import (
     train_ensemble,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 #: two float64 evaluations of the same gradient descent (different summation order and
 #: GEMM blocking only) agree to this, relative to the largest entry compared
 RTOL64 = 1e-12
@@ -254,20 +250,9 @@ SHARDING_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_sharding_invariance_on_1_2_4_devices():
     x, phi, train = _problem()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     payload = json.dumps([x.tolist(), [phi.real.tolist(), phi.imag.tolist()], train.tolist()])
-    done = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT],
-        input=payload,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = {k: [np.asarray(a) for a in v] for k, v in json.loads(done.stdout).items()}
+    printed = run_on_devices(SHARDING_SCRIPT, 4, payload)
+    out = {k: [np.asarray(a) for a in v] for k, v in printed.items()}
     for name, dtype, rtol in (
         ("fast", "float64", RTOL64),
         ("fast", "float32", RTOL32),

@@ -170,6 +170,33 @@ CASES: dict[str, Case] = {
             run="analysis.bench.measures:measure_training",
         ),
         Case(
+            name="loss_training",
+            measures="ensemble gradient descent on the TFIM 3x3 energy (train_on_loss) "
+            "against the supervised MSE on the same 512 points, member-steps/s",
+            metrics={
+                "energy_member_steps_per_s": Metric("member-steps/s"),
+                "supervised_member_steps_per_s": Metric("member-steps/s"),
+                "energy_over_supervised": Metric("x"),
+            },
+            quick={
+                "width": 64,
+                "members": 8,
+                "steps": 20,
+                "repeats": 1,
+                "idle_timeout": 0.0,
+                "energy_learning_rate": 0.05,
+            },
+            full={
+                "width": 1024,
+                "members": 256,
+                "steps": 6,
+                "repeats": 3,
+                "idle_timeout": 2.0,
+                "energy_learning_rate": 0.05,
+            },
+            run="analysis.bench.measures:measure_loss_training",
+        ),
+        Case(
             name="renyi2_chunked",
             measures="route (b) GP Renyi-2: chunked Gram to Zarr and traces, entries/s",
             metrics={"entries_per_s": Metric("entries/s")},

@@ -89,6 +89,64 @@ def measure_training(params: Mapping[str, Any]) -> Measured:
     return {"member_steps_per_s": rate, "gflop_per_s": rate * flops / 1e9}, notes
 
 
+def measure_loss_training(params: Mapping[str, Any]) -> Measured:
+    """Member-steps/s of :func:`suite.training.train_on_loss` on the energy of the TFIM
+    3x3 (periodic, h = 3) against :func:`suite.training.train_ensemble` on the MSE over
+    the same ``D = 512`` points, in the same run: decoupled one-hidden-layer ReLU NNQS of
+    ``width``, ``members`` members, float32, all visible devices, the fast update in both;
+    per-step times as in :func:`measure_training`. The energy step evaluates every member
+    on the whole basis, applies ``H`` and pulls the gradient back (one more GEMM than the
+    supervised step, docs/theory.md §7)."""
+    import jax
+    import numpy as np
+
+    from analysis.bench import training as bt
+    from suite import networks as nw
+    from suite.hilbert import SpinBasis
+    from suite.lattice import Lattice
+    from suite.losses import Energy, SparseRows
+    from suite.operators import tfim_hamiltonian
+    from suite.training import fast_template, train_ensemble, train_on_loss
+
+    hamiltonian = tfim_hamiltonian(Lattice(3, 3, periodic=True), J=1.0, h=3.0)
+    energy = Energy(SparseRows.from_csr(hamiltonian))
+    x = SpinBasis(9).inputs()
+    phi = np.linalg.eigh(hamiltonian.toarray())[1][:, 0] * np.sqrt(x.shape[0])
+    every_point = np.arange(x.shape[0])
+    nnqs = nw.decoupled(nw.mlp(1, params["width"]))
+    if fast_template(nnqs, x.shape[1]) is None:  # pragma: no cover - the template is known
+        raise ValueError("the benchmark network must take the fast update")
+    common = dict(seed=bt.SEED, members=range(params["members"]), dtype="float32")
+
+    def supervised(steps: int) -> Any:
+        return train_ensemble(nnqs, x, phi, every_point, learning_rate=bt.LEARNING_RATE,
+                              log_steps=[steps], **common)  # fmt: skip
+
+    def on_energy(steps: int) -> Any:
+        return train_on_loss(nnqs, x, energy, learning_rate=params["energy_learning_rate"],
+                             log_steps=[steps], **common)  # fmt: skip
+
+    timing = (params["steps"], params["repeats"], params["idle_timeout"])
+    seconds = {"supervised": bt.per_step(supervised, *timing),
+               "energy": bt.per_step(on_energy, *timing)}  # fmt: skip
+    for name, value in seconds.items():
+        if value <= 0:
+            raise ValueError(f"{name} per-step time {value:.3g} s <= 0: raise the steps")
+    rates = {name: params["members"] / value for name, value in seconds.items()}
+    devices = jax.devices()
+    final = on_energy(params["steps"]).values["loss"][-1]
+    notes = [
+        f"{len(devices)} {devices[0].platform} device(s); D = {x.shape[0]} points in both runs",
+        f"mean energy after {params['steps']} steps: {np.mean(final):.6f} "
+        f"(ground {np.linalg.eigvalsh(hamiltonian.toarray())[0]:.6f})",
+    ]
+    return {
+        "energy_member_steps_per_s": rates["energy"],
+        "supervised_member_steps_per_s": rates["supervised"],
+        "energy_over_supervised": rates["energy"] / rates["supervised"],
+    }, notes
+
+
 def measure_renyi2_chunked(params: Mapping[str, Any]) -> Measured:
     """Entries/s of route (b) of :mod:`suite.replica` (:func:`~suite.replica.chunked_traces`
     of the ReLU NNGP on ``n_sites`` spins: the ``4**n_sites``-entry Gram matrix written to

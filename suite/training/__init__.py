@@ -14,6 +14,13 @@ point (:class:`EnsembleStats`). :func:`combine` merges shards of an ensemble;
 :func:`summarize` turns the sums into the ensemble mean, variance and the two ensemble
 losses of docs/theory.md §5 (:class:`EnsembleSummary`).
 
+:func:`train_on_loss` trains the same way on any loss of :mod:`suite.losses` over the
+whole basis (energy, infidelity, tomography; docs/theory.md §7.2): each step evaluates
+every member on the basis, takes its function-space gradient ``(2 Re g, 2 Im g)`` in
+float64 and pulls it back through the network (the engines' ``pullback``); it logs each
+member's loss and observables and the same sums (:class:`LossEnsembleStats`), with the
+same sharding, blocks, dtypes and checkpoints.
+
 Execution (one compiled program per architecture, shapes, dtype and device count):
 
 * **Sharding.** The member axis is split across a 1-d :class:`jax.sharding.Mesh` of
@@ -83,13 +90,14 @@ The package's modules: :mod:`~suite.training.statistics` (results and estimators
 :mod:`~suite.training.ensemble` (the programs and the entry point).
 """
 
-from suite.training.ensemble import Method, train_ensemble
+from suite.training.ensemble import Method, train_ensemble, train_on_loss
 from suite.training.fastpath import Template, fast_template
 from suite.training.layout import ACCELERATOR_BLOCK_ELEMENTS, BLOCK_ELEMENTS
 from suite.training.statistics import (
     SUMS,
     EnsembleStats,
     EnsembleSummary,
+    LossEnsembleStats,
     combine,
     jackknife_sem,
     leave_out,
@@ -104,6 +112,7 @@ __all__ = [
     "SUMS",
     "EnsembleStats",
     "EnsembleSummary",
+    "LossEnsembleStats",
     "Method",
     "Template",
     "combine",
@@ -112,4 +121,5 @@ __all__ = [
     "leave_out",
     "summarize",
     "train_ensemble",
+    "train_on_loss",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 #: the results a snapshot holds besides the state, as :class:`Snapshot` names them
-LOG_FIELDS = ("train_loss", "test_loss", "sums")
+LOG_FIELDS = ("values", "sums")
 #: a run of S steps pauses every ``min(ceil(S / SLICES), MAX_SLICE_STEPS)`` steps and at
 #: each logged step: at least ``SLICES`` synchronisations per run, each a few
 #: microseconds of an idle device
@@ -45,21 +45,22 @@ class Snapshot:
     ``state``: the update's state (:mod:`suite.training.engines`), one array per leaf
     with the run's members on axis 0 (padding dropped), in the compute dtype;
     ``engine``: which update the state belongs to (``"fast"`` or ``"autodiff"``);
-    ``train_loss``, ``test_loss`` ``(k, m)`` and ``sums`` ``(k, 5, D)``: the results at the
-    ``k`` logged steps ``<= step``, as :class:`~suite.training.EnsembleStats` holds them.
+    ``values`` ``(k, V, m)`` and ``sums`` ``(k, 5, D)``: the results at the ``k`` logged
+    steps ``<= step``: the ``V`` per-member values of the run (train and test loss of a
+    supervised run, :class:`~suite.training.EnsembleStats`; the loss and observables of a
+    run on any loss, :class:`~suite.training.LossEnsembleStats`) and the shard sums.
     """
 
     step: int
     engine: str
     state: tuple[np.ndarray, ...]
-    train_loss: np.ndarray
-    test_loss: np.ndarray
+    values: np.ndarray
     sums: np.ndarray
 
     @property
     def logged(self) -> int:
         """Logged steps the snapshot holds results of."""
-        return int(self.train_loss.shape[0])
+        return int(self.values.shape[0])
 
 
 class Checkpoints(Protocol):
@@ -76,11 +77,11 @@ class Checkpoints(Protocol):
 
 def check_snapshot(
     snapshot: Snapshot, engine: str, like: Sequence[Any], bounds: np.ndarray,
-    log_steps: np.ndarray, dimension: int,
+    log_steps: np.ndarray, n_values: int, dimension: int,
 ) -> str | None:  # fmt: skip
     """Why ``snapshot`` cannot resume a run (its update ``engine``, state leaves shaped and
-    typed as ``like``, cut at ``bounds``, logging ``log_steps`` on a basis of
-    ``dimension``), or None when it can."""
+    typed as ``like``, cut at ``bounds``, logging ``n_values`` per-member values at
+    ``log_steps`` on a basis of ``dimension``), or None when it can."""
     if snapshot.engine != engine:
         return f"it holds the state of the {snapshot.engine!r} update, not {engine!r}"
     shapes = [(a.shape, a.dtype) for a in snapshot.state]
@@ -90,7 +91,7 @@ def check_snapshot(
         return f"step {snapshot.step} is not a slice bound of this run"
     logged = int(np.sum(log_steps <= snapshot.step))
     members = like[0].shape[0]
-    expected = ((logged, members), (logged, members), (logged, 5, dimension))
+    expected = ((logged, n_values, members), (logged, 5, dimension))
     for name, shape in zip(LOG_FIELDS, expected, strict=True):
         if getattr(snapshot, name).shape != shape:
             return f"its {name} has shape {getattr(snapshot, name).shape}, not {shape}"

@@ -1,7 +1,11 @@
 """The two implementations of one gradient-descent update (:mod:`suite.training`, "Two
-implementations of one update"; the MSE loss of docs/theory.md §5): autodiff through
-``nnqs.parts`` for any network, and the hand-derived GEMM update of one-hidden-layer
-networks."""
+implementations of one update"): autodiff through ``nnqs.parts`` for any network, and the
+hand-derived GEMM update of one-hidden-layer networks.
+
+Each engine has two gradients: ``grads`` of the MSE loss on a chunk of train points
+(docs/theory.md §5; the residual is formed inside, from one forward pass), and
+``pullback`` of a given cotangent ``(dL/du, dL/dv)`` on a chunk of basis points, the
+function-space gradient of any loss on the whole basis (docs/theory.md §7)."""
 
 from __future__ import annotations
 
@@ -37,6 +41,17 @@ class AutodiffEngine:
             return 0.5 * jnp.sum(weight * ((u - y[0]) ** 2 + (v - y[1]) ** 2))
 
         return jax.vmap(jax.grad(member_loss))(trainable, frozen)
+
+    def pullback(self, state: Any, x: Array, cotangent: Array) -> Any:
+        """``sum_x (dL/du(x) du(x)/dtheta + dL/dv(x) dv(x)/dtheta)`` per member;
+        ``cotangent (block, 2, P)`` in the compute dtype."""
+        trainable, frozen = state
+
+        def member_grad(tr: Any, fr: Any, r: Array) -> Any:
+            pull = jax.vjp(lambda t: self.nnqs.parts((t, fr), x), tr)[1]
+            return pull((r[0], r[1]))[0]
+
+        return jax.vmap(member_grad)(trainable, frozen, cotangent)
 
     def update(self, state: Any, grads: Any, lr: Array) -> Any:
         trainable, frozen = state
@@ -102,6 +117,18 @@ class FastEngine:
         w0, w1, b1 = self._nets(state)
         z, f = self._forward(w0, w1, b1, x)
         r = (f - jnp.tile(y, (w0.shape[0] // 2, 1))) * weight  # dL/df, (nets, P)
+        return self._backward(z, r, x)
+
+    def pullback(self, state: Any, x: Array, cotangent: Array) -> Any:
+        """The gradient for a given ``dL/df``, ``cotangent (block, 2, P)``: one GEMM for
+        the hidden pre-activations, then the backward pass of :meth:`grads`."""
+        w0 = self._nets(state)[0]
+        z = jnp.einsum("njk,pk->njp", w0, x)
+        return self._backward(z, cotangent.reshape(w0.shape[0], -1), x)
+
+    def _backward(self, z: Array, r: Array, x: Array) -> Any:
+        """First-layer, readout and output-bias gradients from the pre-activations ``z``
+        ``(nets, n, P)`` and ``r = dL/df`` ``(nets, P)``."""
         g = activation_grad(self.t.activation, z, r[:, None, :])
         p = jnp.einsum("njp,pk->njk", g, x)
         if self.t.activation == "relu":

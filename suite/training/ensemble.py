@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from suite.losses import Loss, real_gradient
 from suite.networks import NNQS, init_ensemble
 from suite.training.checkpoint import Checkpoints, Snapshot, check_snapshot, slice_bounds
 from suite.training.engines import AutodiffEngine, FastEngine
@@ -34,8 +35,13 @@ from suite.training.layout import (
     sum_chunks,
     update_blocks,
 )
-from suite.training.statistics import EnsembleStats
-from suite.training.validation import validate_arguments
+from suite.training.statistics import SUMS, EnsembleStats, LossEnsembleStats
+from suite.training.validation import (
+    check_losses,
+    check_network_inputs,
+    check_run,
+    validate_arguments,
+)
 
 Array = jax.Array
 Method = Literal["auto", "fast", "autodiff"]
@@ -47,71 +53,152 @@ AXIS = "members"
 class _Programs:
     """The two jitted, sharded programs of a run: ``advance(state, lr, n, train) -> state``
     (``n`` updates; the state buffers are donated) and ``evaluate(state, valid, eval) ->
-    (train loss, test loss, sums)`` at the current step."""
+    (values (members, V), sums (5, P))`` at the current step (a supervised run's values
+    are its train and test loss)."""
 
     advance: Callable[..., Any]
     evaluate: Callable[..., Any]
 
 
-def _programs(engine: Any, layout: Layout, mesh: Mesh) -> _Programs:
+def _advance(block_step: Callable[[Any, Array, Any], Any], layout: Layout) -> Callable[..., Any]:
+    """``advance(state, lr, n, train)``: ``n`` updates of every block of a device's
+    members, ``block_step(block state, lr, train) -> block state``."""
+
     def advance(state: Any, lr: Array, n: Array, train: Any) -> Any:
-        x_train, y_train, w_train = train
-
-        def block_step(block_state: Any) -> Any:
-            grads = sum_chunks(
-                lambda x, y, w: engine.grads(block_state, x, y, w), (x_train, y_train, w_train)
-            )
-            return engine.update(block_state, grads, lr)
-
         def step(_: Array, lanes: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(update_blocks(block_step, lane, layout) for lane in lanes)
+            return tuple(
+                update_blocks(lambda b: block_step(b, lr, train), lane, layout) for lane in lanes
+            )
 
         return join_lanes(jax.lax.fori_loop(0, n, step, split_lanes(state, layout)))
+
+    return advance
+
+
+def _programs(engine: Any, layout: Layout, mesh: Mesh) -> _Programs:
+    """The programs of a supervised run (:func:`train_ensemble`): ``advance(state, lr, n,
+    (x, y, w) train chunks)``, the engine's MSE gradient chunk by chunk; ``evaluate``
+    gives each member's train and test loss, and the sums."""
+
+    def block_step(block_state: Any, lr: Array, train: Any) -> Any:
+        grads = sum_chunks(lambda x, y, w: engine.grads(block_state, x, y, w), train)
+        return engine.update(block_state, grads, lr)
 
     def evaluate(state: Any, valid: Array, evaluation: Any) -> Any:
         x_eval, phi_eval, w_fit, w_test = evaluation
 
-        def block_stats(block_state: Any, block_valid: Array) -> Any:
+        def block_values(block_state: Any, block_valid: Array) -> Any:
             u, v = stack_chunks(lambda x: engine.outputs(block_state, x), (x_eval,))
             u, v = u.astype(jnp.float64), v.astype(jnp.float64)
             du, dv = u - phi_eval[0], v - phi_eval[1]
             err = du * du + dv * dv
-            weights = block_valid[:, None]
-            sums = jnp.stack(
-                [
-                    jnp.sum(weights * u, axis=0),
-                    jnp.sum(weights * v, axis=0),
-                    jnp.sum(weights * u * u, axis=0),
-                    jnp.sum(weights * v * v, axis=0),
-                    jnp.sum(weights * u * v, axis=0),
-                ]
-            )
-            return err @ w_fit, err @ w_test, sums
+            return jnp.stack([err @ w_fit, err @ w_test], axis=1), _sums(u, v, block_valid)
 
-        outs = [
-            map_blocks(block_stats, layout, lane, v)
-            for lane, v in zip(split_lanes(state, layout), split_lanes(valid, layout), strict=True)
-        ]
-        fit = jnp.concatenate([o[0].reshape(-1) for o in outs])
-        test = jnp.concatenate([o[1].reshape(-1) for o in outs])
-        return fit, test, jax.lax.psum(sum(jnp.sum(o[2], axis=0) for o in outs), AXIS)
+        return _gather_values(block_values, layout, state, valid)
 
+    return _shard(_advance(block_step, layout), evaluate, mesh)
+
+
+def _shard(advance: Callable[..., Any], evaluate: Callable[..., Any], mesh: Mesh) -> _Programs:
+    """The per-device ``advance`` and ``evaluate`` as jitted programs over the mesh
+    (members sharded, data replicated; the state buffers donated to ``advance``)."""
     advance_sharded = jax.shard_map(
         advance, mesh=mesh, in_specs=(P(AXIS), P(), P(), P()), out_specs=P(AXIS)
     )
     evaluate_sharded = jax.shard_map(
-        evaluate, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P()), out_specs=(P(AXIS), P(AXIS), P())
+        evaluate, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P()), out_specs=(P(AXIS), P())
     )
     return _Programs(jax.jit(advance_sharded, donate_argnums=(0,)), jax.jit(evaluate_sharded))
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(engine_key: Any, layout: Layout, devices: tuple[Any, ...]) -> _Programs:
-    engine = (
+def _sums(u: Array, v: Array, weights: Array) -> Array:
+    """The five sufficient statistics ``(5, P)`` of a block's outputs ``(block, P)``,
+    each member weighted (0 for padded copies)."""
+    w = weights[:, None]
+    return jnp.stack(
+        [
+            jnp.sum(w * u, axis=0),
+            jnp.sum(w * v, axis=0),
+            jnp.sum(w * u * u, axis=0),
+            jnp.sum(w * v * v, axis=0),
+            jnp.sum(w * u * v, axis=0),
+        ]
+    )
+
+
+def _gather_values(
+    block_values: Callable[[Any, Array], tuple[Array, Array]], layout: Layout, state: Any,
+    valid: Array,
+) -> tuple[Array, Array]:  # fmt: skip
+    """``block_values(block state, block weights) -> (values (block, V), sums (5, P))``
+    over a device's blocks: the values of its members ``(members, V)`` and the sums over
+    all devices."""
+    outs = [
+        map_blocks(block_values, layout, lane, v)
+        for lane, v in zip(split_lanes(state, layout), split_lanes(valid, layout), strict=True)
+    ]
+    values = jnp.concatenate([o[0].reshape(-1, o[0].shape[-1]) for o in outs])
+    return values, jax.lax.psum(sum(jnp.sum(o[1], axis=0) for o in outs), AXIS)
+
+
+def _loss_programs(engine: Any, layout: Layout, mesh: Mesh, n_points: int) -> _Programs:
+    """The programs of a run on a whole-basis loss (:func:`train_on_loss`).
+
+    ``advance(state, lr, n, (x_basis, loss))``: per block, the outputs on every basis
+    point (chunked), the function-space gradient ``(2 Re g, 2 Im g)`` of each member in
+    float64, and the engine's pullback of it, chunk by chunk. ``evaluate(state, valid,
+    (x_basis, watched))``: each watched loss's value per member (``watched`` a tuple: a
+    dict's order would not survive tracing), and the sums.
+    """
+    padded_points = layout.train_chunk * layout.n_train_chunks
+
+    def functions(block_state: Any, x_basis: Array) -> Array:
+        u, v = stack_chunks(lambda x: engine.outputs(block_state, x), (x_basis,))
+        return u[:, :n_points].astype(jnp.float64) + 1j * v[:, :n_points].astype(jnp.float64)
+
+    def block_step(block_state: Any, lr: Array, train: Any) -> Any:
+        x_basis, loss = train
+        du, dv = jax.vmap(lambda psi: real_gradient(loss, psi))(functions(block_state, x_basis))
+        cotangent = jnp.stack([du, dv], axis=1).astype(x_basis.dtype)  # (block, 2, D)
+        cotangent = jnp.pad(cotangent, ((0, 0), (0, 0), (0, padded_points - n_points)))
+        cotangent = cotangent.reshape(*cotangent.shape[:2], layout.n_train_chunks, -1)
+        grads = sum_chunks(
+            lambda x, r: engine.pullback(block_state, x, r),
+            (x_basis, jnp.moveaxis(cotangent, 2, 0)),
+        )
+        return engine.update(block_state, grads, lr)
+
+    def evaluate(state: Any, valid: Array, evaluation: Any) -> Any:
+        x_basis, watched = evaluation
+
+        def block_values(block_state: Any, block_valid: Array) -> Any:
+            psi = functions(block_state, x_basis)
+            values = jnp.stack([jax.vmap(w.value)(psi) for w in watched], axis=1)
+            return values, _sums(psi.real, psi.imag, block_valid)
+
+        return _gather_values(block_values, layout, state, valid)
+
+    return _shard(_advance(block_step, layout), evaluate, mesh)
+
+
+def _engine(engine_key: Template | NNQS) -> FastEngine | AutodiffEngine:
+    """The fast update of a recognised template, else autodiff through the network."""
+    return (
         FastEngine(engine_key) if isinstance(engine_key, Template) else AutodiffEngine(engine_key)
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(
+    engine_key: Template | NNQS, layout: Layout, devices: tuple[Any, ...],
+    loss_points: int | None = None,
+) -> _Programs:  # fmt: skip
+    """The programs of a supervised run, or (``loss_points``: the basis size) of a run on
+    a whole-basis loss."""
     mesh = Mesh(np.array(devices), (AXIS,))
-    return _programs(engine, layout, mesh)
+    if loss_points is None:
+        return _programs(_engine(engine_key), layout, mesh)
+    return _loss_programs(_engine(engine_key), layout, mesh, loss_points)
 
 
 def _width_estimate(nnqs: NNQS, in_dim: int) -> int:
@@ -184,8 +271,6 @@ def train_ensemble(
     (:mod:`suite.training.checkpoint`). Every argument is validated (``ValueError``
     naming it) before any work. See the module docstring.
     """
-    # over 60 lines: the run in order (validate, pick the update, lay out, place, run),
-    # each step a call; splitting it further would only pass its dozen locals around
     x, phi, train, ids, steps, n_devices = validate_arguments(
         nnqs,
         inputs,
@@ -200,6 +285,129 @@ def train_ensemble(
         method,
         block,
     )
+    plan = _plan(nnqs, x, ids, train.size, n_devices, dtype, method, block)
+    consts = _constants(plan.engine, plan.layout, x, phi, train, plan.np_compute)
+    run = plan.run(plan.programs(), learning_rate, consts[:3], consts[3:], 2)
+    with jax.default_matmul_precision("highest"):  # float32 is float32, not TF32 on GPUs
+        values, sums = run.slices(plan.initial(seed), steps, x.shape[0], checkpoints)
+    return EnsembleStats(ids, steps, values[:, 0], values[:, 1], *_sum_fields(sums))
+
+
+def train_on_loss(
+    nnqs: NNQS,
+    inputs: np.ndarray,
+    loss: Loss,
+    *,
+    seed: int,
+    members: Sequence[int] | np.ndarray,
+    learning_rate: float,
+    log_steps: Sequence[int],
+    observables: Mapping[str, Loss] | None = None,
+    dtype: str = "float64",
+    devices: int | None = None,
+    method: Method = "auto",
+    block: int | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> LossEnsembleStats:
+    """Train ensemble ``members`` of ``nnqs`` by full-batch GD on a whole-basis ``loss``.
+
+    ``loss`` is any loss of :mod:`suite.losses` on the basis ``inputs (D, d)`` (energy,
+    infidelity, tomography, the MSE); every step computes each member's outputs on the
+    whole basis, its function-space gradient ``(2 Re g, 2 Im g)`` (float64) and pulls it
+    back through the network: ``theta <- theta - eta dL/dtheta`` (docs/theory.md §7).
+    ``observables`` are further losses logged with ``"loss"`` (e.g. an infidelity to the
+    exact ground state). Everything else is as in :func:`train_ensemble`: member ``i``
+    from ``(seed, i)``, sharding over ``devices``, the fast update of one-hidden-layer
+    networks (its ``pullback``), ``dtype``, blocks and checkpoints. Every argument is
+    validated before any work.
+    """
+    x = check_network_inputs(nnqs, inputs)
+    watched = check_losses(loss, observables, x.shape[0])
+    ids, steps, n_devices = check_run(
+        seed, members, learning_rate, log_steps, dtype, devices, method, block
+    )
+    n_points = x.shape[0]
+    plan = _plan(nnqs, x, ids, n_points, n_devices, dtype, method, block)
+    layout = plan.layout
+    x_engine = plan.engine.inputs(x.astype(plan.np_compute).astype(np.float64))
+    x_basis = chunk_rows(
+        x_engine.astype(plan.np_compute), layout.train_chunk, layout.n_train_chunks
+    )
+    run = plan.run(
+        plan.programs(n_points),
+        learning_rate,
+        (x_basis, loss),
+        (x_basis, tuple(watched.values())),
+        len(watched),
+    )
+    with jax.default_matmul_precision("highest"):
+        values, sums = run.slices(plan.initial(seed), steps, n_points, checkpoints)
+    named = {name: values[:, k] for k, name in enumerate(watched)}
+    return LossEnsembleStats(ids, steps, named, *_sum_fields(sums))
+
+
+def _sum_fields(sums: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The five sums ``(L, 5, D)`` as the fields of the stats, in :data:`SUMS` order."""
+    return tuple(sums[:, k] for k in range(len(SUMS)))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a run's members are updated and laid out (the common part of the two entry
+    points): the update (its ``template`` if fast), the layout over the devices, the
+    compute dtype, and the members padded with copies of the last one (weight 0)."""
+
+    nnqs: NNQS
+    template: Template | None
+    engine: Any
+    layout: Layout
+    devices: tuple[Any, ...]
+    dtype: str
+    ids: np.ndarray
+    in_dim: int
+
+    @property
+    def np_compute(self) -> Any:
+        return np.float32 if self.dtype == "float32" else np.float64
+
+    def programs(self, loss_points: int | None = None) -> _Programs:
+        key = self.template if self.template is not None else self.nnqs
+        return _compiled(key, self.layout, self.devices, loss_points)
+
+    def initial(self, seed: int) -> Callable[[], Any]:
+        padded = np.concatenate([self.ids, np.full(self.layout.padded - self.ids.size,
+                                                   self.ids[-1])])  # fmt: skip
+        compute = jnp.float32 if self.dtype == "float32" else jnp.float64
+        return lambda: self.engine.state(init_ensemble(self.nnqs, seed, padded, self.in_dim),
+                                         compute)  # fmt: skip
+
+    def run(
+        self, programs: _Programs, learning_rate: float, train: Any, evaluation: Any,
+        n_values: int,
+    ) -> _Run:  # fmt: skip
+        mesh = Mesh(np.array(self.devices), (AXIS,))
+        members = NamedSharding(mesh, P(AXIS))
+        replicated = NamedSharding(mesh, P())
+        valid = (np.arange(self.layout.padded) < self.ids.size).astype(np.float64)
+        return _Run(
+            programs,
+            "fast" if self.template is not None else "autodiff",
+            self.ids.size,
+            n_values,
+            members,
+            jax.device_put(valid, members),
+            jax.device_put(np.asarray(learning_rate, self.np_compute), replicated),
+            jax.device_put(train, replicated),
+            jax.device_put(evaluation, replicated),
+        )
+
+
+def _plan(
+    nnqs: NNQS, x: np.ndarray, ids: np.ndarray, n_train: int, n_devices: int, dtype: str,
+    method: Method, block: int | None,
+) -> _Plan:  # fmt: skip
+    """Pick the update (``method``) and lay out ``ids`` over ``n_devices`` devices for
+    gradients over ``n_train`` points of the basis ``x``."""
     in_dim = x.shape[1]
     template = fast_template(nnqs, in_dim) if method != "autodiff" else None
     if method == "fast" and template is None:
@@ -207,64 +415,27 @@ def train_ensemble(
             "method='fast' needs a decoupled NNQS of two identical one-hidden-layer networks "
             "(relu, erf or cos; nothing frozen); use method='auto' or 'autodiff'"
         )
-    engine: Any = FastEngine(template) if template is not None else AutodiffEngine(nnqs)
     width = template.width if template is not None else _width_estimate(nnqs, in_dim)
-
-    n_points, n_train = x.shape[0], train.size
     devices_used = tuple(jax.local_devices()[:n_devices])
     on_cpu = devices_used[0].platform == "cpu"
     layout = plan_layout(
-        *(ids.size, n_devices, n_train, n_points, width, block, default_lanes(devices_used)),
+        *(ids.size, n_devices, n_train, x.shape[0], width, block, default_lanes(devices_used)),
         block_elements=BLOCK_ELEMENTS if on_cpu else ACCELERATOR_BLOCK_ELEMENTS,
     )
-    compute = jnp.float32 if dtype == "float32" else jnp.float64
-    np_compute = np.float32 if dtype == "float32" else np.float64
-
-    # members padded with copies of the last one; padded copies have weight 0
-    padded = np.concatenate([ids, np.full(layout.padded - ids.size, ids[-1])])
-    valid = (np.arange(layout.padded) < ids.size).astype(np.float64)
-
-    consts = _constants(engine, layout, x, phi, train, np_compute)
-    mesh = Mesh(np.array(devices_used), (AXIS,))
-    member_sharding = NamedSharding(mesh, P(AXIS))
-    replicated = NamedSharding(mesh, P())
-    run = _Run(
-        _compiled(template if template is not None else nnqs, layout, devices_used),
-        "fast" if template is not None else "autodiff",
-        ids.size,
-        member_sharding,
-        jax.device_put(valid, member_sharding),
-        jax.device_put(np.asarray(learning_rate, np_compute), replicated),
-        jax.device_put(consts[:3], replicated),
-        jax.device_put(consts[3:], replicated),
-    )
-
-    def initial() -> Any:
-        return engine.state(init_ensemble(nnqs, seed, padded, in_dim), compute)
-
-    with jax.default_matmul_precision("highest"):  # float32 is float32, not TF32 on GPUs
-        train_loss, test_loss, sums = run.slices(initial, steps, n_points, checkpoints)
-    return EnsembleStats(
-        members=ids,
-        steps=steps,
-        train_loss=train_loss,
-        test_loss=test_loss,
-        sum_u=sums[:, 0],
-        sum_v=sums[:, 1],
-        sum_uu=sums[:, 2],
-        sum_vv=sums[:, 3],
-        sum_uv=sums[:, 4],
-    )
+    return _Plan(nnqs, template, _engine(template if template is not None else nnqs), layout,
+                 devices_used, dtype, ids, in_dim)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class _Run:
     """A laid-out run: its programs, which update it uses, its members (``count``, before
-    padding) and the device arrays every slice takes."""
+    padding), the number of per-member values it logs, and the device arrays every slice
+    takes."""
 
     programs: _Programs
     engine: str
     count: int
+    n_values: int
     member_sharding: NamedSharding
     valid: Array
     lr: Array
@@ -274,11 +445,11 @@ class _Run:
     def slices(
         self, initial: Callable[[], Any], steps: np.ndarray, n_points: int,
         checkpoints: Checkpoints | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Run from the ``initial()`` state at step 0, or from the checkpoints' snapshot,
         to the last logged step, slice by slice
-        (:func:`~suite.training.checkpoint.slice_bounds`); the results at ``steps``: train
-        and test losses ``(L, m)`` and sums ``(L, 5, D)``, float64."""
+        (:func:`~suite.training.checkpoint.slice_bounds`); the results at ``steps``:
+        per-member values ``(L, V, m)`` and sums ``(L, 5, D)``, float64."""
         bounds = slice_bounds(steps)
         shapes = jax.eval_shape(initial)
         like = [
@@ -287,58 +458,52 @@ class _Run:
         ]
 
         def accept(snapshot: Snapshot) -> str | None:
-            return check_snapshot(snapshot, self.engine, like, bounds, steps, n_points)
+            return check_snapshot(
+                snapshot, self.engine, like, bounds, steps, self.n_values, n_points
+            )
 
         snapshot = checkpoints.restore(accept) if checkpoints is not None else None
         if snapshot is None:
             state: Any = initial()
-            fit: list[np.ndarray] = []
-            test: list[np.ndarray] = []
+            values: list[np.ndarray] = []
             sums: list[np.ndarray] = []
             start = 0
         else:
             saved = [_pad(leaf, s.shape[0]) for leaf, s in
                      zip(snapshot.state, jax.tree.leaves(shapes), strict=True)]  # fmt: skip
             state = jax.tree.unflatten(jax.tree.structure(shapes), saved)
-            fit, test = list(snapshot.train_loss), list(snapshot.test_loss)
-            sums = list(snapshot.sums)
+            values, sums = list(snapshot.values), list(snapshot.sums)
             start = int(np.searchsorted(bounds, snapshot.step))
         state = jax.device_put(state, self.member_sharding)
         logged = set(steps.tolist())
         if snapshot is None and 0 in logged:
-            self._log(state, n_points, fit, test, sums)
+            self._log(state, n_points, values, sums)
         for done, bound in zip(bounds[start:-1], bounds[start + 1 :], strict=True):
             state = self.programs.advance(state, self.lr, np.int32(bound - done), self.train)
             jax.block_until_ready(state)
             if int(bound) in logged:
-                self._log(state, n_points, fit, test, sums)
+                self._log(state, n_points, values, sums)
             if checkpoints is not None:
-                checkpoints.reached(int(bound), len(fit), functools.partial(
-                    self._snapshot, state, int(bound), n_points, fit, test, sums
+                checkpoints.reached(int(bound), len(values), functools.partial(
+                    self._snapshot, state, int(bound), n_points, values, sums
                 ))  # fmt: skip
-        return np.stack(fit), np.stack(test), np.stack(sums)
+        return np.stack(values), np.stack(sums)
 
-    def _log(
-        self, state: Any, n_points: int, fit: list[Any], test: list[Any], sums: list[Any]
-    ) -> None:
+    def _log(self, state: Any, n_points: int, values: list[Any], sums: list[Any]) -> None:
         """Append the results at the current step (the members', the basis's)."""
-        f, t, s = self.programs.evaluate(state, self.valid, self.evaluation)
-        fit.append(np.asarray(f, np.float64)[: self.count])
-        test.append(np.asarray(t, np.float64)[: self.count])
+        v, s = self.programs.evaluate(state, self.valid, self.evaluation)
+        values.append(np.asarray(v, np.float64)[: self.count].T)
         sums.append(np.asarray(s, np.float64)[:, :n_points])
 
     def _snapshot(
-        self, state: Any, step: int, n_points: int, fit: list[Any], test: list[Any],
-        sums: list[Any],
-    ) -> Snapshot:  # fmt: skip
+        self, state: Any, step: int, n_points: int, values: list[Any], sums: list[Any]
+    ) -> Snapshot:
         leaves = tuple(np.asarray(leaf)[: self.count] for leaf in jax.tree.leaves(state))
-        empty = np.zeros((0, self.count))
         return Snapshot(
             step,
             self.engine,
             leaves,
-            np.stack(fit) if fit else empty,
-            np.stack(test) if test else empty,
+            np.stack(values) if values else np.zeros((0, self.n_values, self.count)),
             np.stack(sums) if sums else np.zeros((0, 5, n_points)),
         )
 

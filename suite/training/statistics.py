@@ -1,31 +1,27 @@
 """Ensemble results and their estimators: per-shard sufficient statistics, the merge
-of shards, and the ensemble mean, variance and losses (docs/theory.md §5)."""
+of shards, and the ensemble mean, variance and losses (docs/theory.md §5, §7)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
 from suite.training.validation import check_train_index
 
 
-@dataclass(frozen=True)
-class EnsembleStats:
-    """One shard's results: per-member losses and sufficient statistics over its members.
+class _MemberSums:
+    """What the results of a shard share: its ``members (m,)``, the logged ``steps
+    (L,)``, per-member values (:attr:`PER_MEMBER` fields, member axis 1) and the sums
+    ``sum_u``, ``sum_v``, ``sum_uu``, ``sum_vv``, ``sum_uv`` ``(L, D)`` float64 over its
+    members at every basis point."""
 
-    ``members (m,)``; ``steps (L,)``; ``train_loss``, ``test_loss`` ``(L, m)`` float64,
-    ``(1/|S|) sum_{x in S} |psi(x) - phi(x)|^2`` per member (zeros if the test set is
-    empty); ``sum_u``, ``sum_v``, ``sum_uu``, ``sum_vv``, ``sum_uv`` ``(L, D)`` float64,
-    sums over the shard's members at every basis point.
-    """
-
+    PER_MEMBER: tuple[str, ...] = ()
     members: np.ndarray
     steps: np.ndarray
-    train_loss: np.ndarray
-    test_loss: np.ndarray
     sum_u: np.ndarray
     sum_v: np.ndarray
     sum_uu: np.ndarray
@@ -48,20 +44,77 @@ class EnsembleStats:
         return self.sum_uu + self.sum_vv
 
 
+@dataclass(frozen=True)
+class EnsembleStats(_MemberSums):
+    """One shard's results of a supervised run: per-member losses and the sums.
+
+    ``train_loss``, ``test_loss`` ``(L, m)`` float64, ``(1/|S|) sum_{x in S} |psi(x) -
+    phi(x)|^2`` per member (zeros if the test set is empty); the rest as
+    :class:`_MemberSums`.
+    """
+
+    PER_MEMBER = ("train_loss", "test_loss")
+    members: np.ndarray
+    steps: np.ndarray
+    train_loss: np.ndarray
+    test_loss: np.ndarray
+    sum_u: np.ndarray
+    sum_v: np.ndarray
+    sum_uu: np.ndarray
+    sum_vv: np.ndarray
+    sum_uv: np.ndarray
+
+
+@dataclass(frozen=True)
+class LossEnsembleStats(_MemberSums):
+    """One shard's results of a run on a whole-basis loss (docs/theory.md §7).
+
+    ``values[name] (L, m)`` float64: ``"loss"`` (the trained loss) and each logged
+    observable per member, laid out as :attr:`suite.kernel_flow.FlowLog.values`; the
+    rest as :class:`_MemberSums`.
+    """
+
+    PER_MEMBER = ("values",)
+    members: np.ndarray
+    steps: np.ndarray
+    values: dict[str, np.ndarray]
+    sum_u: np.ndarray
+    sum_v: np.ndarray
+    sum_uu: np.ndarray
+    sum_vv: np.ndarray
+    sum_uv: np.ndarray
+
+
 #: the sufficient statistics of an ensemble, in the order of the store's ``sum`` arrays
 SUMS = ("sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv")
+Stats = TypeVar("Stats", EnsembleStats, LossEnsembleStats)
 
 
-def combine(shards: Sequence[EnsembleStats]) -> EnsembleStats:
-    """Merge shards of one ensemble: members and losses concatenated, sums added.
+def _per_member(parts: Sequence[Any], pick: Any = None) -> Any:
+    """Per-member arrays (member axis 1), or dicts of them: concatenated across ``parts``,
+    or (one part and ``pick``, a mask or index) the members picked."""
+    if isinstance(parts[0], dict):
+        return {key: _per_member([p[key] for p in parts], pick) for key in parts[0]}
+    if pick is not None:
+        return parts[0][:, pick]
+    return np.concatenate(parts, axis=1)
 
-    The shards must have the same logged steps and basis size and disjoint members.
+
+def combine(shards: Sequence[Stats]) -> Stats:
+    """Merge shards of one ensemble: members and per-member values concatenated, sums
+    added.
+
+    The shards must be of one kind, with the same logged steps and basis size and
+    disjoint members.
     """
     shards = list(shards)
     if not shards:
-        raise ValueError("shards must contain at least one EnsembleStats")
+        raise ValueError("shards must contain at least one EnsembleStats or LossEnsembleStats")
     first = shards[0]
     for s in shards[1:]:
+        if type(s) is not type(first):
+            raise ValueError(f"shards must be of one kind: {type(first).__name__} vs "
+                             f"{type(s).__name__}")  # fmt: skip
         if not np.array_equal(s.steps, first.steps):
             raise ValueError(f"steps must match across shards: {first.steps} vs {s.steps}")
         if s.sum_u.shape != first.sum_u.shape:
@@ -73,29 +126,19 @@ def combine(shards: Sequence[EnsembleStats]) -> EnsembleStats:
     if np.unique(members).size != members.size:
         raise ValueError("shards must have disjoint members")
     sums = {name: functools.reduce(np.add, [getattr(s, name) for s in shards]) for name in SUMS}
-    return EnsembleStats(
-        members=members,
-        steps=first.steps.copy(),
-        train_loss=np.concatenate([s.train_loss for s in shards], axis=1),
-        test_loss=np.concatenate([s.test_loss for s in shards], axis=1),
-        **sums,
-    )
+    values = {name: _per_member([getattr(s, name) for s in shards]) for name in first.PER_MEMBER}
+    return replace(first, members=members, steps=first.steps.copy(), **values, **sums)
 
 
-def leave_out(total: EnsembleStats, part: EnsembleStats) -> EnsembleStats:
+def leave_out(total: Stats, part: Stats) -> Stats:
     """The ensemble ``total`` without its shard ``part`` (the inverse of :func:`combine`):
-    ``part``'s members and losses removed, its sums subtracted."""
+    ``part``'s members and their values removed, its sums subtracted."""
     keep = ~np.isin(total.members, part.members)
     if keep.sum() != total.count - part.count:
         raise ValueError("part's members must all be members of total")
     sums = {name: getattr(total, name) - getattr(part, name) for name in SUMS}
-    return EnsembleStats(
-        members=total.members[keep],
-        steps=total.steps.copy(),
-        train_loss=total.train_loss[:, keep],
-        test_loss=total.test_loss[:, keep],
-        **sums,
-    )
+    values = {name: _per_member([getattr(total, name)], keep) for name in total.PER_MEMBER}
+    return replace(total, members=total.members[keep], steps=total.steps.copy(), **values, **sums)
 
 
 def jackknife_sem(leave_one_out: np.ndarray) -> np.ndarray:
