@@ -326,6 +326,9 @@ def _log_arrays(group: zarr.Group, snapshot: Snapshot) -> tuple[dict[str, zarr.A
     """The log arrays, grown to the snapshot's rows, and whether any had to be (re)created
     (then every row is written again)."""
     logs = group.require_group("logs")
+    for stale in ("train_loss", "test_loss"):  # an older version's logs (see _read)
+        if stale in logs:
+            del logs[stale]
     rows = max(snapshot.logged, 1)
     arrays, created = {}, False
     for name in LOG_FIELDS:
@@ -358,15 +361,21 @@ def _read(group: zarr.Group, slot: str, commit: dict[str, Any]) -> Snapshot | st
     """The snapshot ``slot`` commits, or why not: a part of it is unreadable, or its
     checksum differs."""
     try:
+        logs = group["logs"]
+        if "values" not in logs and "train_loss" in logs:
+            return (
+                "written by an older nnqs-suite, whose logs were train_loss and test_loss "
+                "arrays (now one values array)"
+            )
         logged = int(commit["logged"])
         state = tuple(
             np.asarray(group[slot][f"leaf-{i}"][...]) for i in range(int(commit["leaves"]))
         )
-        logs = {}
+        values = {}
         for name in LOG_FIELDS:
-            array = group["logs"][name]
-            logs[name] = np.asarray(array[:logged]) if logged else np.zeros((0, *array.shape[1:]))
-        snapshot = Snapshot(int(commit["step"]), str(commit["engine"]), state, **logs)
+            array = logs[name]
+            values[name] = np.asarray(array[:logged]) if logged else np.zeros((0, *array.shape[1:]))
+        snapshot = Snapshot(int(commit["step"]), str(commit["engine"]), state, **values)
     except Exception as error:  # a chunk or metadata that no longer decodes
         return f"unreadable: {type(error).__name__}"
     return snapshot if _checksum(snapshot) == commit["checksum"] else "its checksum differs"

@@ -125,14 +125,25 @@ def test_a_run_on_any_loss_resumed_after_a_slice_ends_with_the_same_bits(method:
     for name in ("loss", "infidelity"):
         assert np.array_equal(resumed.values[name], whole.values[name]), name
     assert np.array_equal(resumed.sum_uv, whole.sum_uv)
-    # a supervised snapshot (two values per member) does not resume this run
-    refusing = _Memory(saved=first.saved)
-    supervised_like = Snapshot(stop_at, first.saved.engine, first.saved.state,
-                               first.saved.values[:, :1], first.saved.sums)  # fmt: skip
-    refusing.saved = supervised_like
+    # a snapshot of another problem, with the same shapes, does not resume this run:
+    # another field (the same loss type) ...
+    other_field = Energy(SparseRows.from_csr(tfim_hamiltonian(Lattice(2, 3), J=1.0, h=1.0)))
+    other = _Memory(stop_at)
+    with pytest.raises(_Stop):
+        train_on_loss(nnqs, x, other_field, checkpoints=other, **kwargs)
+    refusing = _Memory(saved=other.saved)
     again = train_on_loss(nnqs, x, loss, checkpoints=refusing, **kwargs)
-    assert refusing.refused is not None and "values" in refusing.refused
+    assert refusing.refused is not None and "Energy" in refusing.refused
     assert np.array_equal(again.values["loss"], whole.values["loss"])
+    # ... or a supervised run (also two values per member: train and test loss)
+    supervised = _Memory(stop_at)
+    with pytest.raises(_Stop):
+        train_ensemble(nnqs, x, np.ones(x.shape[0]), np.arange(10), checkpoints=supervised,
+                       **{k: v for k, v in kwargs.items() if k != "observables"})  # fmt: skip
+    assert supervised.saved is not None and supervised.saved.values.shape == (3, 2, 3)
+    refusing = _Memory(saved=supervised.saved)
+    train_on_loss(nnqs, x, loss, checkpoints=refusing, **kwargs)
+    assert refusing.refused is not None and "update" in refusing.refused
 
 
 def test_slices_cut_every_logged_step_and_at_most_every_last_over_slices_steps() -> None:

@@ -14,7 +14,7 @@ Established here:
   :func:`combine` of two runs equals one run over their union;
 * bad losses and observables are refused by name before any work.
 
-Resuming from a checkpoint is tested with the supervised runs in
+Resuming from a checkpoint (and refusing a snapshot of another problem) is tested in
 tests/test_checkpoints.py.
 """
 
@@ -39,7 +39,7 @@ from suite.networks import init_ensemble, mlp_nnqs
 from suite.operators import tfim_hamiltonian
 from suite.supervised import scale_target, split_basis
 from suite.targets import make_target
-from suite.training import combine, ensemble, train_ensemble, train_on_loss
+from suite.training import combine, ensemble, leave_out, train_ensemble, train_on_loss
 
 FAST = mlp_nnqs("decoupled", "relu", 1, 48)
 COUPLED = mlp_nnqs("shared_trunk", "relu", 1, 16)  # not recognised: autodiff
@@ -105,13 +105,39 @@ def test_any_loss_equals_the_reference_members(name: str, nnqs) -> None:
     assert 0 < _rel(single.values["loss"], loss_values) <= 1e-5
 
 
-def test_the_fast_update_is_used_and_equals_autodiff_on_the_energy() -> None:
+def test_the_fast_update_is_used_and_equals_autodiff_on_the_energy(monkeypatch) -> None:
     inputs, energy, _ = _tfim()
     kwargs = dict(seed=1, members=range(3), learning_rate=0.05, log_steps=STEPS)
+    traced = []
+    pullback = ensemble.FastEngine.pullback
+    monkeypatch.setattr(
+        ensemble.FastEngine, "pullback", lambda *a: traced.append(1) or pullback(*a)
+    )
+    ensemble._compiled.cache_clear()  # trace the programs again
     fast = train_on_loss(FAST, inputs, energy, method="fast", **kwargs)
+    assert traced
     auto = train_on_loss(FAST, inputs, energy, method="autodiff", **kwargs)
     assert _rel(fast.values["loss"], auto.values["loss"]) <= 1e-12
     assert _rel(fast.sum_uu, auto.sum_uu) <= 1e-12
+    ensemble._compiled.cache_clear()  # no spy in later tests' programs
+
+
+@pytest.mark.parametrize("method", ["fast", "autodiff"])
+def test_points_in_several_padded_chunks_give_the_same_run(monkeypatch, method: str) -> None:
+    """Blocks small enough that the 16 basis points run in chunks of 5 (the last padded
+    with 4 copies): the same values as the reference members."""
+    inputs, energy, ground = _tfim()
+    monkeypatch.setattr(ensemble, "BLOCK_ELEMENTS", 2 * 48 * 5)
+    observables = {"infidelity": Infidelity(jnp.asarray(ground))}
+    kwargs = dict(seed=6, members=range(3), log_steps=STEPS, observables=observables)
+    layout = ensemble._plan(FAST, inputs, np.arange(3), 16, 1, "float64", method, None).layout
+    assert layout.n_train_chunks == 4 and layout.train_chunk == 5
+    run = train_on_loss(FAST, inputs, energy, learning_rate=jnp.asarray(0.05), method=method,
+                        **kwargs)  # fmt: skip
+    params = init_ensemble(FAST, 6, range(3), 4)
+    reference = member_flows(FAST, params, inputs, energy, 0.05, STEPS, observables=observables)
+    for key, want in reference.values.items():
+        assert _rel(run.values[key], want) <= 1e-10, key
 
 
 def test_members_are_independent_of_grouping_and_combine_merges_shards() -> None:
@@ -126,9 +152,16 @@ def test_members_are_independent_of_grouping_and_combine_merges_shards() -> None
     assert _rel(merged.values["loss"][:, order], whole.values["loss"]) <= 1e-12
     for name in ("sum_u", "sum_v", "sum_uu", "sum_vv", "sum_uv"):
         assert _rel(getattr(merged, name), getattr(whole, name)) <= 1e-12, name
+    rest = leave_out(merged, parts[0])
+    assert np.array_equal(rest.members, parts[1].members)
+    assert np.array_equal(rest.values["loss"], parts[1].values["loss"])
+    assert _rel(rest.sum_uv, parts[1].sum_uv) <= 1e-12
     supervised = train_ensemble(FAST, inputs, np.ones(16), np.arange(4), members=[9], **kwargs)
     with pytest.raises(ValueError, match="one kind"):
         combine([parts[0], supervised])
+    watched = train_on_loss(FAST, inputs, energy, members=[7], observables={"e": energy}, **kwargs)
+    with pytest.raises(ValueError, match="same values"):
+        combine([parts[0], watched])
 
 
 SHARDING_SCRIPT = textwrap.dedent(
@@ -171,8 +204,19 @@ def _refuse(*args, **kwargs):
     raise AssertionError("work started before the arguments were checked")
 
 
+class _NotAPytree:
+    """Has the methods of a loss but is not a pytree of arrays."""
+
+    def value(self, psi):
+        return jnp.sum(jnp.abs(psi) ** 2)
+
+    def gradient(self, psi):
+        return psi
+
+
 BAD = [
     ({"loss": "energy"}, "loss"),
+    ({"loss": _NotAPytree()}, "loss must be a loss of suite.losses"),
     ({"loss": Infidelity(jnp.ones(8))}, "loss"),  # a state on another basis
     ({"observables": {"loss": Infidelity(jnp.ones(16))}}, "observables"),
     ({"observables": {"fid": Infidelity(jnp.ones(32))}}, "observables\\['fid'\\]"),

@@ -44,7 +44,9 @@ class Snapshot:
 
     ``state``: the update's state (:mod:`suite.training.engines`), one array per leaf
     with the run's members on axis 0 (padding dropped), in the compute dtype;
-    ``engine``: which update the state belongs to (``"fast"`` or ``"autodiff"``);
+    ``engine``: which update the state belongs to (``"fast"`` or ``"autodiff"``; for a
+    run on a loss followed by ``" on "`` and what it logs, with fingerprints of the
+    losses);
     ``values`` ``(k, V, m)`` and ``sums`` ``(k, 5, D)``: the results at the ``k`` logged
     steps ``<= step``: the ``V`` per-member values of the run (train and test loss of a
     supervised run, :class:`~suite.training.EnsembleStats`; the loss and observables of a

@@ -5,6 +5,7 @@ checkpoints"; docs/theory.md §3, §5)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -333,17 +334,33 @@ def train_on_loss(
     x_basis = chunk_rows(
         x_engine.astype(plan.np_compute), layout.train_chunk, layout.n_train_chunks
     )
+    # placed once: the loss is also the first watched value (a Hamiltonian at D = 2^20 is
+    # a few hundred MB)
+    x_basis, watched_placed = plan.replicate((x_basis, tuple(watched.values())))
     run = plan.run(
         plan.programs(n_points),
         learning_rate,
-        (x_basis, loss),
-        (x_basis, tuple(watched.values())),
+        (x_basis, watched_placed[0]),
+        (x_basis, watched_placed),
         len(watched),
+        label=_loss_label(watched),
     )
     with jax.default_matmul_precision("highest"):
         values, sums = run.slices(plan.initial(seed), steps, n_points, checkpoints)
     named = {name: values[:, k] for k, name in enumerate(watched)}
     return LossEnsembleStats(ids, steps, named, *_sum_fields(sums))
+
+
+def _loss_label(watched: Mapping[str, Loss]) -> str:
+    """What a run on a loss logs, for its snapshots: each watched value's name, loss type
+    and a SHA-256 of its arrays, so that a snapshot of another problem is not resumed."""
+    parts = []
+    for name, loss in watched.items():
+        digest = hashlib.sha256(str(jax.tree.structure(loss)).encode())
+        for leaf in jax.tree.leaves(loss):
+            digest.update(np.ascontiguousarray(leaf).tobytes())
+        parts.append(f"{name}={type(loss).__name__}:{digest.hexdigest()[:16]}")
+    return ", ".join(parts)
 
 
 def _sum_fields(sums: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -377,28 +394,36 @@ class _Plan:
     def initial(self, seed: int) -> Callable[[], Any]:
         padded = np.concatenate([self.ids, np.full(self.layout.padded - self.ids.size,
                                                    self.ids[-1])])  # fmt: skip
-        compute = jnp.float32 if self.dtype == "float32" else jnp.float64
         return lambda: self.engine.state(init_ensemble(self.nnqs, seed, padded, self.in_dim),
-                                         compute)  # fmt: skip
+                                         self.np_compute)  # fmt: skip
+
+    @property
+    def mesh(self) -> Mesh:
+        return Mesh(np.array(self.devices), (AXIS,))
+
+    def replicate(self, tree: Any) -> Any:
+        """``tree`` on every device of the run (arrays already there are not copied)."""
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
     def run(
         self, programs: _Programs, learning_rate: float, train: Any, evaluation: Any,
-        n_values: int,
+        n_values: int, label: str | None = None,
     ) -> _Run:  # fmt: skip
-        mesh = Mesh(np.array(self.devices), (AXIS,))
-        members = NamedSharding(mesh, P(AXIS))
-        replicated = NamedSharding(mesh, P())
+        """The laid-out run; its snapshots name the update, and ``label`` (what a run on a
+        loss logs) after it."""
+        members = NamedSharding(self.mesh, P(AXIS))
         valid = (np.arange(self.layout.padded) < self.ids.size).astype(np.float64)
+        update = "fast" if self.template is not None else "autodiff"
         return _Run(
             programs,
-            "fast" if self.template is not None else "autodiff",
+            update if label is None else f"{update} on {label}",
             self.ids.size,
             n_values,
             members,
             jax.device_put(valid, members),
-            jax.device_put(np.asarray(learning_rate, self.np_compute), replicated),
-            jax.device_put(train, replicated),
-            jax.device_put(evaluation, replicated),
+            self.replicate(np.asarray(learning_rate, self.np_compute)),
+            self.replicate(train),
+            self.replicate(evaluation),
         )
 
 

@@ -20,6 +20,8 @@ class _MemberSums:
     members at every basis point."""
 
     PER_MEMBER: tuple[str, ...] = ()
+    # declared for the properties below; the dataclasses declare them as fields, in the
+    # positional order of their constructors
     members: np.ndarray
     steps: np.ndarray
     sum_u: np.ndarray
@@ -117,6 +119,9 @@ def combine(shards: Sequence[Stats]) -> Stats:
                              f"{type(s).__name__}")  # fmt: skip
         if not np.array_equal(s.steps, first.steps):
             raise ValueError(f"steps must match across shards: {first.steps} vs {s.steps}")
+        if isinstance(s, LossEnsembleStats) and set(s.values) != set(first.values):
+            raise ValueError(f"shards must log the same values: {sorted(first.values)} vs "
+                             f"{sorted(s.values)}")  # fmt: skip
         if s.sum_u.shape != first.sum_u.shape:
             raise ValueError(
                 f"shards must cover the same basis: sums of shape {first.sum_u.shape} "

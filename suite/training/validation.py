@@ -37,15 +37,18 @@ def check_train_index(train_index: Any, dim: int) -> np.ndarray:
 
 
 def check_learning_rate(learning_rate: Any) -> float:
-    """``learning_rate`` if it is a positive finite real number, else ``ValueError``."""
+    """``learning_rate`` as a float if it is a positive finite real number (a Python or
+    NumPy scalar, or a 0-d real array), else ``ValueError``."""
+    value = np.asarray(learning_rate) if not isinstance(learning_rate, bool) else None
     if not (
-        isinstance(learning_rate, numbers.Real)
-        and not isinstance(learning_rate, bool)
-        and math.isfinite(learning_rate)
-        and learning_rate > 0
+        value is not None
+        and value.ndim == 0
+        and (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer))
+        and math.isfinite(float(value))
+        and float(value) > 0
     ):
         raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
-    return float(learning_rate)
+    return float(value)
 
 
 def check_steps(steps: Any, name: str = "log_steps") -> np.ndarray:
@@ -163,10 +166,17 @@ def check_losses(loss: Any, observables: Any, dimension: int) -> dict[str, Any]:
     psi = jax.ShapeDtypeStruct((dimension,), np.complex128)
     for name, candidate in watched.items():
         label = "loss" if name == "loss" else f"observables[{name!r}]"
-        if not (callable(getattr(candidate, "value", None)) and callable(
-            getattr(candidate, "gradient", None)
-        )):  # fmt: skip
-            raise ValueError(f"{label} must be a loss of suite.losses, got {candidate!r}")
+        leaves, treedef = jax.tree.flatten(candidate)
+        if not (
+            callable(getattr(candidate, "value", None))
+            and callable(getattr(candidate, "gradient", None))
+            and treedef.num_nodes > 1  # a registered pytree (its arrays are the leaves)
+            and all(isinstance(leaf, (np.ndarray, jax.Array)) for leaf in leaves)
+        ):
+            raise ValueError(
+                f"{label} must be a loss of suite.losses (a pytree of arrays with value "
+                f"and gradient), got {candidate!r}"
+            )
         try:
             value = jax.eval_shape(candidate.value, psi)
             gradient = jax.eval_shape(candidate.gradient, psi)
