@@ -23,9 +23,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -70,12 +72,48 @@ def run_local(
     cut short stays ``running`` in the manifest with a dead owner, so it counts as
     failed and the next run recomputes it.
     """
+    with _ctrl_c_latched() as interrupted:
+        return _run_local(path, tasks, processes, progress, interrupted)
+
+
+@contextmanager
+def _ctrl_c_latched() -> Iterator[list[int]]:
+    """Ctrl-C that cannot be lost. Python drops an exception raised while a
+    garbage-collection callback runs (JAX registers one) and only prints "Exception
+    ignored", so a KeyboardInterrupt can vanish mid-task; this handler also latches the
+    signal in the list it yields, which the task loops check between tasks. Installed
+    only over Python's default handler, in the main thread."""
+    latched: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        latched.append(signum)
+        raise KeyboardInterrupt
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield latched
+        return
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield latched
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run_local(
+    path: Path, tasks: Sequence[int], processes: int, progress: bool, interrupted: list[int]
+) -> RunReport:
+    """:func:`run_local` under a latched Ctrl-C (``interrupted`` non-empty once seen)."""
     clock = time.perf_counter()
     bar = ProgressBar(len(tasks), f"run {path.name}", enabled=progress)
     ran: dict[int, bool] = {}
     failed: dict[int, str] = {}
     if processes == 1:
         for task in tasks:
+            if interrupted:
+                raise KeyboardInterrupt
             try:
                 ran[task] = execute_task(path, task)
             except Exception as error:
@@ -91,6 +129,8 @@ def run_local(
         try:
             futures = {pool.submit(execute_task, path, task): task for task in tasks}
             for future in as_completed(futures):
+                if interrupted:
+                    raise KeyboardInterrupt
                 task = futures[future]
                 try:
                     ran[task] = future.result()
@@ -103,6 +143,8 @@ def run_local(
                 worker.kill()
             raise
         pool.shutdown()
+    if interrupted:
+        raise KeyboardInterrupt
     bar.close()
     done = sorted(task for task, computed in ran.items() if computed)
     elsewhere = sorted(task for task, computed in ran.items() if not computed)
