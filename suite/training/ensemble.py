@@ -209,6 +209,12 @@ def _width_estimate(nnqs: NNQS, in_dim: int) -> int:
     return max(1, size // (2 * (in_dim + 2)))
 
 
+def _engine_inputs(engine: Any, x: np.ndarray, np_compute: Any) -> np.ndarray:
+    """The basis as the engine takes it, in the compute dtype: ``x`` rounded to that dtype
+    first, so that float32 runs see float32 configurations."""
+    return engine.inputs(x.astype(np_compute).astype(np.float64)).astype(np_compute)
+
+
 def _constants(
     engine: Any, layout: Layout, x: np.ndarray, phi: np.ndarray, train: np.ndarray, np_compute: Any
 ) -> tuple[np.ndarray, ...]:
@@ -217,12 +223,9 @@ def _constants(
     weights of the logged losses (``(x_train, y_train, w_train, x_eval, phi_eval,
     w_fit, w_test)``, as the program takes them)."""
     n_points, n_train = x.shape[0], train.size
-    x_run = x.astype(np_compute).astype(np.float64)
     phi_run = np.stack([phi.real, phi.imag]).astype(np_compute).astype(np.float64)
-    x_engine = engine.inputs(x_run)
-    x_train = chunk_rows(
-        x_engine[train].astype(np_compute), layout.train_chunk, layout.n_train_chunks
-    )
+    x_engine = _engine_inputs(engine, x, np_compute)
+    x_train = chunk_rows(x_engine[train], layout.train_chunk, layout.n_train_chunks)
     y_train = chunk_rows(
         phi_run[:, train].T.astype(np_compute), layout.train_chunk, layout.n_train_chunks
     )
@@ -230,7 +233,7 @@ def _constants(
     w_train = chunk_rows(
         np.full(n_train, 1.0 / n_train, np_compute), layout.train_chunk, layout.n_train_chunks, 0.0
     )
-    x_eval = chunk_rows(x_engine.astype(np_compute), layout.eval_chunk, layout.n_eval_chunks)
+    x_eval = chunk_rows(x_engine, layout.eval_chunk, layout.n_eval_chunks)
     eval_size = layout.eval_chunk * layout.n_eval_chunks
     phi_eval = np.zeros((2, eval_size))
     phi_eval[:, :n_points] = phi_run
@@ -330,10 +333,8 @@ def train_on_loss(
     n_points = x.shape[0]
     plan = _plan(nnqs, x, ids, n_points, n_devices, dtype, method, block)
     layout = plan.layout
-    x_engine = plan.engine.inputs(x.astype(plan.np_compute).astype(np.float64))
-    x_basis = chunk_rows(
-        x_engine.astype(plan.np_compute), layout.train_chunk, layout.n_train_chunks
-    )
+    x_engine = _engine_inputs(plan.engine, x, plan.np_compute)
+    x_basis = chunk_rows(x_engine, layout.train_chunk, layout.n_train_chunks)
     # placed once: the loss is also the first watched value (a Hamiltonian at D = 2^20 is
     # a few hundred MB)
     x_basis, watched_placed = plan.replicate((x_basis, tuple(watched.values())))
