@@ -247,15 +247,20 @@ def test_a_ctrl_c_swallowed_by_a_gc_callback_is_still_latched() -> None:
             for _ in range(10_000):  # the handler runs here, inside the callback
                 pass
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with executors._ctrl_c_latched() as latched:
-        gc.callbacks.append(callback)
-        try:
-            gc.collect()  # the interrupt is raised in the callback and dropped
-        finally:
-            gc.callbacks.remove(callback)
-        assert latched == [signal.SIGINT]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler, as in a fresh ``nnqs run``: an earlier test's import may have
+    # replaced it (dask_jobqueue installs its own SIGINT handler when imported).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with executors._ctrl_c_latched() as latched:
+            gc.callbacks.append(callback)
+            try:
+                gc.collect()  # the interrupt is raised in the callback and dropped
+            finally:
+                gc.callbacks.remove(callback)
+            assert latched == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _live_in_group(group: int) -> list[int]:
