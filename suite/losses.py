@@ -63,12 +63,20 @@ def _norm(psi: Array) -> Array:
     return jnp.sum(jnp.abs(psi) ** 2)
 
 
+#: gathered elements (terms x functions x basis states) up to which
+#: :meth:`SparseRows.apply` gathers every term at once
+GATHER_ELEMENTS = 1 << 18
+
+
 @dataclass(frozen=True)
 class SparseRows:
     """A sparse real-symmetric operator as ``r`` padded diagonals of gathers.
 
-    ``(H psi)(x) = sum_j values[j, x] psi(columns[j, x])``: one gather per term, so an
-    ensemble ``(M, D)`` costs ``O(r M D)`` work and ``O(M D)`` extra memory.
+    ``(H psi)(x) = sum_j values[j, x] psi(columns[j, x])``: ``O(r M D)`` work for an
+    ensemble ``(M, D)``. Up to :data:`GATHER_ELEMENTS` gathered elements per call the
+    ``r`` terms are gathered at once (``O(r D)`` extra memory per function: 8x faster
+    than a term at a time for TFIM 3x3, measured in the energy gradient of 256 members);
+    beyond, one term at a time (``O(M D)`` extra memory).
     """
 
     columns: Array  # (r, D) int32
@@ -95,6 +103,8 @@ class SparseRows:
 
     def apply(self, psi: Array) -> Array:
         """``H psi`` along the last axis."""
+        if self.columns.size * psi.size // max(psi.shape[-1], 1) <= GATHER_ELEMENTS:
+            return jnp.sum(self.values * jnp.take(psi, self.columns, axis=-1), axis=-2)
 
         def term(total: Array, row: tuple[Array, Array]) -> tuple[Array, None]:
             columns, values = row

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from suite import losses
 from suite.hilbert import HubbardBasis
 from suite.lattice import Lattice
 from suite.losses import (
@@ -78,7 +79,12 @@ def test_values_against_dense_algebra() -> None:
     )
 
 
-def test_sparse_rows_apply_equals_csr_on_an_ensemble() -> None:
+@pytest.mark.parametrize("budget", [losses.GATHER_ELEMENTS, 0], ids=["at-once", "per-term"])
+def test_sparse_rows_apply_equals_csr_on_an_ensemble(
+    budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of gathering: every term at once, and one term at a time (past the budget)."""
+    monkeypatch.setattr(losses, "GATHER_ELEMENTS", budget)
     hamiltonian = tfim_hamiltonian(Lattice(3, 2, periodic=True), J=1.0, h=0.4)
     rows = SparseRows.from_csr(hamiltonian)
     psi = np.stack([_random_state(64, seed) for seed in range(3)])
