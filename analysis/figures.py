@@ -14,7 +14,9 @@
 * :func:`deviation_figure`: the largest deviation from infinite width against
   width, log-log, with the fitted exponent.
 * :func:`scaling_figure`: speed-up and parallel efficiency against workers of the
-  scaling cases of an ``nnqs bench`` record, with the ideal lines.
+  scaling cases of an ``nnqs bench`` record, with the ideal lines;
+* :func:`search_figure`: a loss study's mean error against the step, finite widths and
+  their linearisations against the infinite-width ensemble (docs/theory.md §7.3).
 
 Every finite-width point carries its ensemble's standard error as an error bar (the
 members' spread over ``sqrt(M)``; a loss of the mean's delete-a-shard jackknife error;
@@ -327,4 +329,36 @@ def scaling_figure(tables: Mapping[str, Mapping[str, Any]]) -> Figure:
         axis.set_xlabel("workers (devices, processes or array tasks)")
         axis.set_xticks(ideal)
     left.legend(fontsize=8)
+    return figure
+
+
+def search_figure(comparison: xr.Dataset, factor: float) -> Figure:
+    """A loss study at learning-rate factor ``factor``: the mean error against the step,
+    finite widths (± standard error) and their linearisations against the infinite-width
+    ensemble (:func:`analysis.compare.search_comparison`)."""
+    at = comparison.sel(lr_factor=factor)
+    shifted = at["step"].values.astype(float) + 1  # log axis: step 0 at 1
+    widths = at["width"].values.tolist()
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
+    colours = plt.cm.viridis(np.linspace(0.1, 0.85, len(widths)))
+    for colour, width in zip(colours, widths, strict=True):
+        one = at.sel(width=width)
+        axis.errorbar(
+            shifted, one["finite"].values, yerr=one["finite_sem"].values, fmt="o", ms=4,
+            capsize=2, color=colour, label=f"width {width} (± standard error)",
+        )  # fmt: skip
+        if np.isfinite(one["linearised"].values).any():
+            axis.plot(
+                shifted, one["linearised"].values, ":", color=colour,
+                label=f"width {width}, linearised",
+            )  # fmt: skip
+    axis.plot(shifted, at["infinite"].values, "k-", lw=1.5, label="infinite width")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    plain_log_labels(axis.xaxis)
+    plain_log_labels(axis.yaxis)
+    axis.set_xlabel("step + 1")
+    axis.set_ylabel("mean error (loss - its floor)")
+    axis.set_title(f"eta = {factor:g} eta_max")
+    axis.legend(fontsize=8)
     return figure

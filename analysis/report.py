@@ -7,7 +7,12 @@ from infinite width per width and logged step (exact discrete steps) and its fit
 exponent against width; for an entanglement sweep, Fig. 1 and the gaps to the Page
 value and to the GP estimate (with the largest GP gap in jackknife errors), and for a
 scan of CosNet's ``s0`` the crossover figure and table; for a kernels sweep, the
-empirical QS-NTK's distance from the infinite-width kernel per width and its exponent.
+empirical QS-NTK's distance from the infinite-width kernel per width and its exponent;
+for a ground_state, fidelity or tomography sweep, per learning rate, the mean error
+against the step (finite widths, their linearisations, infinite width), the
+infinite-width ensemble's stability, convergence step and final errors, and a table of
+the deviation from infinite width, the kernel motion and the kernel fluctuation per width
+with their exponents.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import xarray as xr
 
 from analysis import figures
 from analysis.compare import (
+    RESOLVED_FRACTION,
     largest_deviations,
     open_aggregated,
     relative_deviations,
+    search_comparison,
     standard_error,
 )
 from suite.store import SweepStore
@@ -223,8 +230,112 @@ def _any_study(data: xr.Dataset, out: Path) -> list[str]:
     return lines
 
 
+def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
+    """A ground_state, fidelity or tomography sweep (docs/theory.md §7.3)."""
+    comparison = search_comparison(data)
+    widths = data["width"].values.tolist()
+    floor = float(data["loss_floor"])
+    lines = [
+        f"Loss: {data.attrs['loss']}; its floor {floor:.12g}; learning-rate bound "
+        f"eta_max = {float(data['eta_max']):.4g} (docs/theory.md §7.1).",
+        "",
+    ]
+    for factor in data["lr_factor"].values.tolist():
+        at = comparison.sel(lr_factor=factor)
+        lines += [f"## eta = {factor:g} eta_max", ""]
+        lines += _image(
+            figures.save(figures.search_figure(comparison, factor), out, f"search-lr{factor:g}"),
+            out,
+            "Mean error against the step: finite widths, their linearisations, infinite width",
+        )
+        lines += _infinite_ensemble(data.sel(lr_factor=factor), at, floor)
+        rows = []
+        for width in widths:
+            one = at.sel(width=width)
+            deviation = one["deviation"]
+            largest = int(deviation.fillna(-np.inf).argmax("step"))
+            last = deviation.dropna("step")
+            rows.append(
+                [
+                    width,
+                    float(deviation.max()),
+                    float(one["deviation_sem"][largest]),
+                    float(last[-1]) if last.size else np.nan,
+                    float(one["motion"].max()),
+                    float(one["fluctuation"].max()),
+                ]
+            )
+        if len(widths) > 1:
+            columns = list(zip(*rows, strict=True))
+            rows.append(
+                [
+                    "exponent",
+                    exponent_cell(widths, columns[1]),
+                    "",
+                    exponent_cell(widths, columns[3]),
+                    exponent_cell(widths, columns[4]),
+                    exponent_cell(widths, columns[5]),
+                ]
+            )
+        header = [
+            "width",
+            "largest deviation",
+            "its standard error",
+            "at the last resolved step",
+            "largest kernel motion",
+            "largest kernel fluctuation",
+        ]
+        lines += [
+            "Finite against infinite width, relative to the infinite-width mean error, over "
+            f"the resolved steps (step >= 1, that error above {RESOLVED_FRACTION:g} of its "
+            "start):",
+            "",
+            *markdown_table(header, rows),
+            "",
+        ]
+    return lines
+
+
+def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[str]:
+    """The infinite-width ensemble at one learning rate: stability, its mean error from
+    start to end, the convergence step, and each member's final error."""
+    stable, members = int(point["infinite_stable"].sum()), point.sizes["member"]
+    infinite = at["infinite"].values
+    steps = point["step"].values
+    below = np.flatnonzero(infinite <= RESOLVED_FRACTION * infinite[0])
+    converged = f"step {steps[below[0]]}" if below.size else f"not within {steps[-1]} steps"
+    paragraphs = [
+        f"Infinite width: {stable}/{members} members stable; mean error {infinite[0]:.4g} at "
+        f"step 0, {infinite[-1]:.4g} at step {steps[-1]}; below {RESOLVED_FRACTION:g} of its "
+        f"start: {converged}.",
+    ]
+    if np.isfinite(floor) and floor != 0:
+        final = np.abs(point["infinite_values"].sel(value="loss").values[:, -1] - floor)
+        relative = final / abs(floor)
+        paragraphs.append(
+            f"Final relative error per member (E_t - E_0) / |E_0|: max {relative.max():.3g}, "
+            f"median {np.median(relative):.3g}; within 1e-8: {int(np.sum(relative < 1e-8))}"
+            f"/{members}."
+        )
+    if "infidelity" in point["value"].values:
+        infidelity = point["infinite_values"].sel(value="infidelity").values
+        paragraphs.append(
+            f"Infidelity to the target state: {infidelity[:, 0].min():.3g}.."
+            f"{infidelity[:, 0].max():.3g} at step 0, {infidelity[:, -1].min():.3g}.."
+            f"{infidelity[:, -1].max():.3g} at the last step."
+        )
+    return [line for paragraph in paragraphs for line in (paragraph, "")]
+
+
 #: the report section of each study; any other study gets :func:`_any_study`
-SECTIONS = {"dynamics": _dynamics, "entanglement": _entanglement, "kernels": _kernels}
+SECTIONS = {
+    "dynamics": _dynamics,
+    "entanglement": _entanglement,
+    "kernels": _kernels,
+    "ground_state": _loss_search,
+    "fidelity": _loss_search,
+    "tomography": _loss_search,
+}
 
 
 def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:

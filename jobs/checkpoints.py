@@ -165,11 +165,13 @@ def last_step(store: str | os.PathLike[str], task: int) -> int | None:
 
 
 def bytes_per_task(
-    members: int, parameters: int, itemsize: int, logged: int, dimension: int
+    members: int, parameters: int, itemsize: int, logged: int, dimension: int, values: int = 2
 ) -> int:
     """Disk taken by one task's checkpoints: two slots of ``members x parameters`` values
-    in the training dtype, and the logs (float64)."""
-    return 2 * members * parameters * itemsize + 8 * logged * (2 * members + 5 * dimension)
+    in the training dtype, and the logs (float64): ``values`` per member (the train and
+    test losses of a supervised run) and the five sums per basis state."""
+    per_step = values * members + 5 * dimension
+    return 2 * members * parameters * itemsize + 8 * logged * per_step
 
 
 class TaskCheckpoints:

@@ -25,7 +25,12 @@ if TYPE_CHECKING:  # types only: the spec imports this module
     from jobs.spec import SpecChecker, SweepSpec
 
 #: the modules of the built-in studies, imported (and so registered) on first lookup
-BUILT_IN = ("jobs.studies.dynamics", "jobs.studies.entanglement", "jobs.studies.kernels")
+BUILT_IN = (
+    "jobs.studies.dynamics",
+    "jobs.studies.entanglement",
+    "jobs.studies.kernels",
+    "jobs.studies.loss_search",
+)
 
 
 @dataclass(frozen=True)

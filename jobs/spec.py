@@ -5,14 +5,17 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
 
     [sweep]        name, study (a registered study, jobs.registry), seed, dtype
     [target]       model ("tfim" | "hubbard") and its parameters (suite.targets)
-    [network]      kind, activation, depth              (dynamics, kernels)
+    [network]      kind, activation, depth              (all but entanglement)
     [grid]         widths, train_sizes, lr_factors      (dynamics, kernels)
+                   widths, lr_factors                   (ground_state, fidelity, tomography)
                    widths, architectures, cosnet_s0     (entanglement)
     [ensemble]     members, shard_size
     [training]     log_points, max_steps, tolerance, target_scale   (dynamics)
+    [search]       steps, log_points, linearised, bases, shots
+                   (ground_state, fidelity, tomography)
     [entanglement] n_sites, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
     [kernels]      full, block                          (kernels, dynamics)
-    [checkpoint]   every_seconds, every_logs, keep      (dynamics)
+    [checkpoint]   every_seconds, every_logs, keep      (dynamics and the loss studies)
     [executor]     kind ("local" | "slurm" | "mpi"), processes, profile, ranks,
                    and a [executor.slurm] table of cluster-profile overrides
 
@@ -131,6 +134,20 @@ class Training(Section):
     target_scale: supervised.TargetScale = "unit-rms"
 
 
+class Search(Section):
+    """Training on a whole-basis loss (ground_state, fidelity, tomography studies;
+    docs/theory.md §7): ``steps`` gradient-descent steps logged at ``log_points`` steps
+    (log-spaced from 0), the per-member linearisations with ``linearised``, and for
+    tomography the measurement ``bases`` besides all-Z and all-X (strings of X, Y, Z, one
+    letter per site) and ``shots`` per basis (0: the exact Born distributions)."""
+
+    steps: Annotated[int, Meta(ge=1, le=10**7)] = 1000
+    log_points: Annotated[int, Meta(ge=2, le=1000)] = 16
+    linearised: bool = True
+    bases: tuple[str, ...] = ()
+    shots: Annotated[int, Meta(ge=0, le=10**9)] = 0
+
+
 class Entanglement(Section):
     n_sites: Annotated[int, Meta(ge=2, le=MAX_ENTANGLEMENT_SITES)] = 12
     cosnet_s1: Positive = 1.0
@@ -173,6 +190,7 @@ class SweepSpec(Struct, frozen=True):
     grid: Grid
     ensemble: Ensemble
     training: Training
+    search: Search
     entanglement: Entanglement
     kernels: Kernels
     checkpoint: Checkpoint

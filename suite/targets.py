@@ -191,7 +191,7 @@ def _lowest_eigenpair(
     return float(energies[0]), vectors[:, 0]
 
 
-def _ground_state(hamiltonian: sp.csr_matrix) -> tuple[float, np.ndarray, float]:
+def ground_state(hamiltonian: sp.csr_matrix) -> tuple[float, np.ndarray, float]:
     """Lowest eigenpair and the gap to the next level (``inf`` for a 1-state space).
 
     Dense ``eigh`` up to ``DENSE_EIGH_LIMIT`` states. Beyond, Lanczos finds
@@ -266,7 +266,7 @@ def _build_hubbard(spec: HubbardQuench, max_dimension: int) -> Target:
     lattice = spec.lattice
     basis = basis_of(spec, max_dimension)
     initial = hubbard_hamiltonian(lattice, basis, spec.hopping, spec.u_initial)
-    energy, ground, gap = _ground_state(initial)
+    energy, ground, gap = ground_state(initial)
     if gap <= DEGENERACY_TOLERANCE * max(1.0, abs(energy)):
         raise ValueError(
             f"u_initial={spec.u_initial}: the initial ground state on {lattice} with "

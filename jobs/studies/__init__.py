@@ -10,7 +10,9 @@ a worker needs nothing but the store's path and its task number.
 * :mod:`~jobs.studies.dynamics` (paper Figs. 2-3): grid ``train_size x lr_factor x width``;
 * :mod:`~jobs.studies.entanglement` (Fig. 1, the CosNet crossover): grid
   ``architecture x width x cosnet_s0``;
-* :mod:`~jobs.studies.kernels`: grid ``width``.
+* :mod:`~jobs.studies.kernels`: grid ``width``;
+* :mod:`~jobs.studies.loss_search` (docs/theory.md §7): the ``ground_state``,
+  ``fidelity`` and ``tomography`` studies, grid ``lr_factor x width``.
 
 :mod:`~jobs.studies.base` holds what they share (tasks, layouts, the memory check) and
 :mod:`~jobs.studies.problems` the supervised problems of the dynamics and kernels studies.
@@ -18,7 +20,7 @@ A new study is a module like these plus its line in :data:`jobs.registry.BUILT_I
 """
 
 from jobs.registry import Layout, Task, TaskCost
-from jobs.studies import dynamics, entanglement, kernels
+from jobs.studies import dynamics, entanglement, kernels, loss_search
 from jobs.studies.base import (
     check_memory,
     expand,
@@ -39,6 +41,7 @@ __all__ = [
     "grid_axes",
     "grid_value",
     "kernels",
+    "loss_search",
     "memory_estimates",
     "write_grams",
 ]

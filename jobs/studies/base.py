@@ -37,7 +37,9 @@ COORDINATES = {
     "width": About("hidden-layer width", "1", "neurons per hidden layer of each network"),
     "train_size": About("train-set size B", "1", "basis states in the train set"),
     "lr_factor": About(
-        "learning-rate factor", "1", "learning rate in units of eta_max (docs/theory.md §5)"
+        "learning-rate factor",
+        "1",
+        "learning rate in units of the stability bound eta_max (docs/theory.md §5, §7.1)",
     ),
     "architecture": About("network architecture", "1", "cosnet, gaussnet or relu (§3)"),
     "cosnet_s0": About(
