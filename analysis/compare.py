@@ -103,8 +103,8 @@ def largest_deviations(
 
 
 #: a logged step enters the comparison of a loss study while the infinite-width mean error
-#: is above this fraction of its start (the issue's "while that error is above 1e-3 of its
-#: start": later the error is rounding and the comparison says nothing; docs/theory.md §7.3)
+#: is above this fraction of its start: a relative deviation divides by that error, and
+#: near convergence it would amplify sampling noise and rounding (docs/theory.md §7.3)
 RESOLVED_FRACTION = 1e-3
 
 
@@ -115,7 +115,8 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     The error of a member is its loss less the loss's floor (``E_0``; 0 for an infidelity
     or exact tomography; with an unknown floor, the loss itself). Variables:
     ``infinite``, ``finite``, ``linearised``: the mean error of the infinite-width
-    ensemble, of the finite members and of their linearisations; ``finite_sem`` and
+    ensemble, of the finite members and of their linearisations (a member whose loss is
+    not finite makes its mean NaN: it is not averaged away); ``finite_sem`` and
     ``infinite_sem``: their standard errors; on the resolved steps (``step >= 1`` and the
     infinite error above :data:`RESOLVED_FRACTION` of its start; NaN elsewhere), relative
     to the infinite error: ``deviation`` ``|finite - infinite|``, ``deviation_sem``
@@ -127,17 +128,14 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     floor = 0.0 if np.isnan(floor) else floor
     loss = data.sel(value="loss")
     infinite_members = loss["infinite_values"] - floor
-    infinite = infinite_members.mean("member")
+    infinite = infinite_members.mean("member", skipna=False)  # a diverged member shows
     infinite_sem = standard_error(infinite_members)
     finite = loss["mean_values"] - floor
     finite_sem = standard_error(loss["member_values"])
     linearised = loss["linearised_mean_values"] - floor
     steps = data["step"]
     resolved = (steps != steps[0]) & (infinite > RESOLVED_FRACTION * infinite.isel(step=0))
-
-    def relative(values: xr.DataArray) -> xr.DataArray:
-        return (values / infinite).where(resolved)
-
+    reference = infinite.where(resolved)
     return xr.Dataset(
         {
             "infinite": infinite,
@@ -145,9 +143,9 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
             "finite": finite,
             "finite_sem": finite_sem,
             "linearised": linearised,
-            "deviation": relative(abs(finite - infinite)),
-            "deviation_sem": relative(np.sqrt(finite_sem**2 + infinite_sem**2)),
-            "fluctuation": relative(abs(linearised - infinite)),
-            "motion": relative(loss["kernel_motion"]),
+            "deviation": relative_deviation(finite, reference),
+            "deviation_sem": np.sqrt(finite_sem**2 + infinite_sem**2) / reference,
+            "fluctuation": relative_deviation(linearised, reference),
+            "motion": loss["kernel_motion"] / reference,
         }
     ).compute()

@@ -235,8 +235,9 @@ def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
     comparison = search_comparison(data)
     widths = data["width"].values.tolist()
     floor = float(data["loss_floor"])
+    known = f"{floor:.12g}" if np.isfinite(floor) else "unknown (shot frequencies)"
     lines = [
-        f"Loss: {data.attrs['loss']}; its floor {floor:.12g}; learning-rate bound "
+        f"Loss: {data.attrs['loss']}; its floor {known}; learning-rate bound "
         f"eta_max = {float(data['eta_max']):.4g} (docs/theory.md §7.1).",
         "",
     ]

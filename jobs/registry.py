@@ -66,7 +66,7 @@ class TaskCost:
     ``flop`` is the whole task, or ``None`` when its number of steps is only known once
     the store is prepared (dynamics with ``training.max_steps = 0``: the steps come from
     the infinite-width convergence); ``flop_per_step`` is one training step of all the
-    task's members (dynamics only).
+    task's members (studies that train; None otherwise).
     """
 
     flop: float | None

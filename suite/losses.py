@@ -65,7 +65,7 @@ def _norm(psi: Array) -> Array:
 
 #: gathered elements (terms x functions x basis states) up to which
 #: :meth:`SparseRows.apply` gathers every term at once
-GATHER_ELEMENTS = 1 << 18
+GATHER_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,12 @@ class SparseRows:
     """A sparse real-symmetric operator as ``r`` padded diagonals of gathers.
 
     ``(H psi)(x) = sum_j values[j, x] psi(columns[j, x])``: ``O(r M D)`` work for an
-    ensemble ``(M, D)``. Up to :data:`GATHER_ELEMENTS` gathered elements per call the
-    ``r`` terms are gathered at once (``O(r D)`` extra memory per function: 8x faster
-    than a term at a time for TFIM 3x3, measured in the energy gradient of 256 members);
-    beyond, one term at a time (``O(M D)`` extra memory).
+    ensemble ``(M, D)``. Up to :data:`GATHER_ELEMENTS` gathered elements per call (the
+    losses apply it to one function at a time under ``vmap``, so the bound is per
+    function: at most 1 MiB of complex values each, 256 MiB for a chunk of 256) the
+    ``r`` terms are gathered at once, 8x faster than a term at a time for TFIM 3x3
+    (measured in the energy gradient of 256 functions on XLA CPU); beyond, one term at
+    a time (``O(M D)`` extra memory).
     """
 
     columns: Array  # (r, D) int32

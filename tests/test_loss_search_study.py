@@ -117,9 +117,21 @@ def test_wider_ensembles_move_less_and_agree_with_infinite_width(ground_state: P
     assert float(motion.sel(width=1024)) < 0.02
     wide = comparison.sel(width=1024)
     resolved = wide["deviation"].notnull()
-    assert int(resolved.sum()) == 7  # steps 1..300: the error stays above 1e-3 of its start
+    assert int(resolved.sum()) >= 5  # the error stays above 1e-3 of its start (measured: 7)
     assert bool((wide["deviation"] <= 3 * wide["deviation_sem"]).where(resolved, True).all())
     assert bool((comparison["infinite"].diff("step") < 0).all())  # the energy falls
+
+
+def test_the_aggregates_are_the_member_means(ground_state: Path) -> None:
+    """The aggregation's means and kernel motion, recomputed from the member values."""
+    data = xr.open_zarr(ground_state)
+    values, linear = data["member_values"].values, data["linearised_values"].values
+    assert np.allclose(data["mean_values"].values, values.mean(axis=3), rtol=1e-14)
+    assert np.allclose(data["linearised_mean_values"].values, linear.mean(axis=3), rtol=1e-14)
+    motion = np.abs(values - linear).mean(axis=3)
+    assert np.allclose(data["kernel_motion"].values, motion, rtol=1e-14, atol=0)
+    sums = data["sum_u"].sum("shard") + 1j * data["sum_v"].sum("shard")
+    assert np.allclose(data["ensemble_mean"].values, sums.values / 32, rtol=1e-13)
 
 
 def test_the_report_has_the_infinite_ensemble_and_the_width_table(
@@ -161,7 +173,7 @@ linearised = {linearised}
 
 @pytest.mark.parametrize(
     ("study", "linearised", "extra"),
-    [("fidelity", "true", ""), ("tomography", "false", 'bases = ["ZXZX"]')],
+    [("fidelity", "true", ""), ("tomography", "false", 'bases = ["ZXZX"]\nshots = 5000')],
 )
 def test_fidelity_and_tomography_sweeps_learn_their_target(
     study: str, linearised: str, extra: str, tmp_path: Path
@@ -171,7 +183,8 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
     start; without linearisations their values are NaN."""
     text = SMALL.format(study=study, linearised=linearised, extra=extra)
     data = xr.open_zarr(run_sweep(tmp_path, text))
-    assert float(data["loss_floor"]) == 0.0
+    floor = float(data["loss_floor"])  # unknown with shot frequencies
+    assert floor == 0.0 if study == "fidelity" else np.isnan(floor)
     loss = data["mean_values"].sel(value="loss").isel(lr_factor=0, width=0).values
     infinite = data["infinite_values"].sel(value="loss").isel(lr_factor=0).mean("member").values
     for values in (loss, infinite):
@@ -182,6 +195,28 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
     assert infidelity[-1] < 0.5 * infidelity[0]
     linear = data["linearised_values"].values
     assert np.all(np.isnan(linear)) if linearised == "false" else np.all(np.isfinite(linear))
+
+
+def test_a_hubbard_ground_state_sweep_runs_on_the_dense_route(tmp_path: Path) -> None:
+    """Hubbard 2x2, one fermion of each spin (16 states, dense kernels): the energy of
+    every finite and infinite member falls towards E_0 and stays above it."""
+    text = GROUND_STATE.replace('model = "tfim"', 'model = "hubbard"\nn_up = 1\nn_down = 1')
+    text = text.replace("periodic = true\nh = 3.0", "periodic = false\nu_final = 4.0")
+    text = text.replace("[64, 1024]", "[64]").replace("members = 32", "members = 8")
+    text = text.replace("shard_size = 16", "shard_size = 8").replace("steps = 300", "steps = 100")
+    data = xr.open_zarr(run_sweep(tmp_path, text))
+    floor = float(data["loss_floor"])
+    for name in ("member_values", "infinite_values"):
+        energy = data[name].sel(value="loss").squeeze().values  # (member, step)
+        assert np.all(energy >= floor - 1e-12) and np.all(np.diff(energy, axis=-1) < 0)
+
+
+def test_a_degenerate_ground_state_is_refused_before_a_store_exists(tmp_path: Path) -> None:
+    spec = tmp_path / "degenerate.toml"
+    spec.write_text(GROUND_STATE.replace("h = 3.0", "h = 0.0"))  # all up, all down
+    store = tmp_path / "degenerate.zarr"
+    assert cli.main(["run", str(spec), "--store", str(store)]) == 2
+    assert not store.exists()
 
 
 def _spec(study: str, **sections: dict) -> dict:
@@ -198,13 +233,16 @@ def _spec(study: str, **sections: dict) -> dict:
         (_spec("fidelity", search={"shots": 100}), "search.shots .*tomography"),
         (_spec("tomography", search={"bases": ["XXY"]}), "search.bases .*4 letters"),
         (_spec("tomography", target={"model": "hubbard"}), "target.model .*'tfim'"),
+        (_spec("ground_state", target={"model": "hubbard"}), "target .*up to 8192 states"),
         (_spec("ground_state", search={"steps": 0}), "search.steps"),
         (_spec("ground_state", training={"max_steps": 10}), r"\[training\] does not apply"),
         (_spec("fidelity", grid={"train_sizes": [4]}), "grid.train_sizes does not apply"),
     ],
 )
 def test_bad_specs_are_refused_by_name(data: dict, match: str) -> None:
-    if data["target"]["model"] == "hubbard":
-        data["target"] = {"model": "hubbard", "lx": 2, "ly": 2, "n_up": 1, "n_down": 1}
+    if data["target"]["model"] == "hubbard":  # 48,400 states for the ground state
+        large = data["sweep"]["study"] == "ground_state"
+        lattice = {"lx": 4, "ly": 3, "n_up": 3, "n_down": 3} if large else {"lx": 2, "ly": 2}
+        data["target"] = {"model": "hubbard", "n_up": 1, "n_down": 1, **lattice}
     with pytest.raises(SpecError, match=match):
         parse_spec(data, "bad.toml")

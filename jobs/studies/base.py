@@ -18,7 +18,8 @@ from jobs.spec import (
     aggregation_threads,
     available_memory_bytes,
 )
-from suite.store import ArraySpec, SweepStore
+from suite.store import ArraySpec, Region, SweepStore
+from suite.training import SUMS
 
 NAN = float("nan")
 
@@ -235,3 +236,31 @@ def aggregation_bytes(spec: SweepSpec, per_point: int) -> int:
     ``per_point`` bytes each, plus :data:`jobs.spec.BASELINE_BYTES`."""
     threads = min(aggregation_threads(), grid_point_count(spec))
     return BASELINE_BYTES + threads * per_point
+
+
+#: the shard sums of ``suite.training.SUMS`` (docs/theory.md §5)
+SUM_ABOUT = {
+    name: About(
+        f"shard sum of {term}",
+        "1",
+        f"sum over the shard's members of {term} at each logged step and basis state "
+        "(psi = u + i v; docs/theory.md §5)",
+    )
+    for name, term in zip(SUMS, ("u", "v", "u^2", "v^2", "u v"), strict=True)
+}
+
+
+def write_shard_sums(store: SweepStore, task: Task, stats: Any) -> list[tuple[str, Region]]:
+    """A task's shard sums (``stats.sum_u`` ... of ``suite.training``) into its own chunks
+    of the ``(grid..., shard, step, basis)`` arrays; the regions written."""
+    at = tuple(slice(i, i + 1) for i in task.point)
+    region = (*at, slice(task.shard, task.shard + 1), slice(None), slice(None))
+    for name in SUMS:
+        values = getattr(stats, name)
+        store.write(name, region, values.reshape((1,) * (len(at) + 1) + values.shape))
+    return [(name, region) for name in SUMS]
+
+
+def training_itemsize(spec: SweepSpec) -> int:
+    """Bytes of one parameter in the training dtype (``sweep.dtype``)."""
+    return 4 if spec.sweep.dtype == "float32" else 8

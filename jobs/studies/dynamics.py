@@ -30,6 +30,7 @@ from jobs.spec import (
 )
 from jobs.studies.base import (
     NAN,
+    SUM_ABOUT,
     About,
     aggregation_bytes,
     array_spec,
@@ -39,6 +40,8 @@ from jobs.studies.base import (
     grid_point_count,
     grid_value,
     shard_total,
+    training_itemsize,
+    write_shard_sums,
 )
 from jobs.studies.problems import (
     BLOCKS,
@@ -209,7 +212,7 @@ class Dynamics(Study):
         return bytes_per_task(
             spec.ensemble.shard_size,
             parameter_count(spec, width),
-            4 if spec.sweep.dtype == "float32" else 8,
+            training_itemsize(spec),
             spec.training.log_points + 1,
             target_basis(spec).dimension,
         )
@@ -227,7 +230,7 @@ class Dynamics(Study):
         ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays, and for the
         jackknife errors one shard's sums and the rest's again (10 more)."""
         width, members = max(spec.grid.widths), spec.ensemble.shard_size
-        itemsize = 4 if spec.sweep.dtype == "float32" else 8
+        itemsize = training_itemsize(spec)
         basis = target_basis(spec)
         dimension, depth = basis.dimension, spec.network.depth
         train = max(spec.grid.train_sizes)
@@ -260,11 +263,7 @@ def _write_results(store: SweepStore, task: Task, stats: EnsembleStats) -> list[
         region = (*at, slice(task.start, task.stop), slice(None))
         store.write(name, region, values.T[None, None, None])
         regions.append((name, region))
-    for name in SUMS:
-        region = (*at, slice(task.shard, task.shard + 1), slice(None), slice(None))
-        store.write(name, region, getattr(stats, name)[None, None, None, None])
-        regions.append((name, region))
-    return regions
+    return regions + write_shard_sums(store, task, stats)
 
 
 @dataclass(frozen=True)
@@ -330,17 +329,6 @@ def _infinite_curves(
             at_infinity[t, r] = [getattr(limit, name)[0] for name in CURVES]
     return continuous, discrete, at_infinity
 
-
-#: the shard sums of ``suite.training.SUMS`` (docs/theory.md §5)
-SUM_ABOUT = {
-    name: About(
-        f"shard sum of {term}",
-        "1",
-        f"sum over the shard's members of {term} at each logged step and basis state "
-        "(psi = u + i v; docs/theory.md §5)",
-    )
-    for name, term in zip(SUMS, ("u", "v", "u^2", "v^2", "u v"), strict=True)
-}
 
 #: the aggregated loss curves (docs/theory.md §5, Eqs. 16-18)
 CURVE_ABOUT = {

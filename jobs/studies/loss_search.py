@@ -47,6 +47,7 @@ from jobs.spec import (
 )
 from jobs.studies.base import (
     NAN,
+    SUM_ABOUT,
     About,
     aggregation_bytes,
     array_spec,
@@ -55,18 +56,25 @@ from jobs.studies.base import (
     grid_point_count,
     grid_value,
     shard_total,
+    training_itemsize,
+    write_shard_sums,
 )
-from jobs.studies.dynamics import SUM_ABOUT
 from jobs.studies.problems import INPUTS, dynamics_nnqs, parameter_count
 from suite.kernel_flow import basis_kernels, infinite_ensemble, learning_rate_bound
-from suite.kernels.full_basis import sample_functions
+from suite.kernels.full_basis import MAX_DENSE_DIMENSION, sample_functions
 from suite.losses import Energy, Infidelity, Loss, SparseRows, check_bases, tomography_targets
 from suite.member_flow import member_flows
 from suite.networks import init_ensemble
 from suite.operators import hubbard_hamiltonian, tfim_hamiltonian
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import log_steps
-from suite.targets import basis_of, build_target, ground_state, make_spec
+from suite.targets import (
+    DEGENERACY_TOLERANCE,
+    basis_of,
+    build_target,
+    ground_state,
+    make_spec,
+)
 from suite.training import BLOCK_ELEMENTS, SUMS, LossEnsembleStats, train_on_loss
 from suite.training.engines import flops_per_member_step
 
@@ -112,6 +120,13 @@ class LossSearch(Study):
         """The loss and observables, from the spec and the prepared ``state``."""
 
     def check(self, spec: SweepSpec, check: SpecChecker) -> None:
+        dimension = target_basis(spec).dimension
+        if spec.target["model"] != "tfim" and dimension > MAX_DENSE_DIMENSION:
+            requirement = (
+                f"has a sector of {dimension} states; the infinite-width kernels of a "
+                f"Hubbard sector are dense, up to {MAX_DENSE_DIMENSION} states"
+            )
+            raise check.error("target", requirement, spec.target)
         if spec.search.bases or spec.search.shots:
             field_name = "search.bases" if spec.search.bases else "search.shots"
             value = spec.search.bases or spec.search.shots
@@ -209,12 +224,17 @@ class LossSearch(Study):
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """Per step and member, an update on every basis state
-        (:func:`suite.training.engines.flops_per_member_step` with ``B = D``), and as much
-        again for its linearisation (a JVP and its transpose) with ``search.linearised``."""
+        (:func:`suite.training.engines.flops_per_member_step` with ``B = D``, and ``12 D
+        n^2`` for each further hidden layer), and as much again for its linearisation (a
+        JVP and its transpose) with ``search.linearised``. The infinite-width ensemble is
+        prepared with the store, not by a task."""
         basis = target_basis(spec)
         width = grid_value(spec, task)["width"]
         per_step = (task.stop - task.start) * flops_per_member_step(
             basis.dimension, width, basis.n_sites
+        )
+        per_step += (task.stop - task.start) * (
+            12.0 * basis.dimension * width * width * (spec.network.depth - 1)
         )
         per_step *= 2 if spec.search.linearised else 1
         return TaskCost(per_step * spec.search.steps, per_step)
@@ -225,7 +245,7 @@ class LossSearch(Study):
         return bytes_per_task(
             spec.ensemble.shard_size,
             parameter_count(spec, max(spec.grid.widths)),
-            4 if spec.sweep.dtype == "float32" else 8,
+            training_itemsize(spec),
             spec.search.log_points + 1,
             target_basis(spec).dimension,
             values=1 + len(self.observed),
@@ -233,31 +253,36 @@ class LossSearch(Study):
 
     def memory(self, spec: SweepSpec) -> dict[str, int]:
         """Preparation: the target (a Krylov evolution of the quench, about ``24 (N + 8)``
-        bytes a state), dense ``2D x 2D`` kernels twice over (on a Hubbard sector), and
-        per chunk of :data:`INFINITE_CHUNK` draws about 16 complex ``(chunk, D)`` arrays
-        (draws, flow state, gradients, curvature iterates); the infinite values. A shard:
-        its parameters three times, the engine's blocks (``suite.training.BLOCK_ELEMENTS``
-        per lane, three per hidden layer), its outputs on the basis and their gradient
-        (four real ``m x D``), the shard's sums (``5 x steps x D`` three times), and a
-        linearisation's tangents (about ``4 m D`` complex). Aggregating a point: its
-        values, linearisations, sums and the ensemble mean."""
+        bytes a state), on a Hubbard sector the dense ``2D x 2D`` kernels (the Gram
+        blocks, the kernels, their roots and the eigendecomposition: about eight such
+        float64 arrays), and per chunk of :data:`INFINITE_CHUNK` draws about 16 complex
+        ``(chunk, D)`` arrays (draws, flow state, gradients, curvature iterates); the
+        infinite values of every learning rate. A shard: its parameters three times, the
+        engine's blocks (``suite.training.BLOCK_ELEMENTS`` per lane, three per hidden
+        layer), its outputs on the basis and their gradient (four real ``m x D``), the
+        shard's sums (``5 x steps x D`` three times), and the linearisations' saved
+        residuals (the activations and their derivatives of u and v: about ``4 m D n``
+        float64 per hidden layer; :func:`suite.member_flow.member_flows` holds the whole
+        shard). Aggregating a point: its values, linearisations, sums and the ensemble
+        mean."""
         basis = target_basis(spec)
         dimension, n_sites = basis.dimension, basis.n_sites
         members, size = spec.ensemble.members, spec.ensemble.shard_size
         steps = spec.search.log_points + 1
         values = 1 + len(self.observed)
         width, depth = max(spec.grid.widths), spec.network.depth
-        itemsize = 4 if spec.sweep.dtype == "float32" else 8
-        dense = 0 if spec.target["model"] == "tfim" else 2 * 8 * (2 * dimension) ** 2
+        itemsize = training_itemsize(spec)
+        dense = 0 if spec.target["model"] == "tfim" else 8 * 8 * (2 * dimension) ** 2
         chunk = min(members, INFINITE_CHUNK)
         preparation = (
             BASELINE_BYTES + 24 * dimension * (n_sites + 8) + dense
-            + 16 * 16 * chunk * dimension + 8 * values * members * steps
+            + 16 * 16 * chunk * dimension
+            + 8 * len(spec.grid.lr_factors) * values * members * steps
         )  # fmt: skip
         intermediates = 3 * depth * 2 * usable_cores() * BLOCK_ELEMENTS * itemsize
         parameters = 3 * itemsize * size * parameter_count(spec, width)
         outputs = 4 * 8 * size * dimension + 3 * 8 * 5 * steps * dimension
-        tangents = 4 * 16 * size * dimension if spec.search.linearised else 0
+        tangents = 4 * 8 * size * dimension * width * depth if spec.search.linearised else 0
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         shard = (
             BASELINE_BYTES + programs + parameters + intermediates + outputs + tangents
@@ -403,12 +428,8 @@ def _write_results(
         linearised = np.full_like(values, NAN)
     store.write("member_values", members, values[None, None])
     store.write("linearised_values", members, linearised[None, None])
-    regions: list[tuple[str, Region]] = [("member_values", members), ("linearised_values", members)]
-    for name in SUMS:
-        region = (*at, slice(task.shard, task.shard + 1), slice(None), slice(None))
-        store.write(name, region, getattr(stats, name)[None, None, None])
-        regions.append((name, region))
-    return regions
+    regions = [("member_values", members), ("linearised_values", members)]
+    return regions + write_shard_sums(store, task, stats)
 
 
 def _hamiltonian(spec: SweepSpec) -> Any:
@@ -427,7 +448,17 @@ class GroundState(LossSearch):
     describes = "energy <psi|H|psi> / <psi|psi> of the target model's Hamiltonian"
 
     def target_state(self, spec: SweepSpec) -> tuple[np.ndarray, float]:
-        energy, vector, _ = ground_state(_hamiltonian(spec))
+        """The exact ground state and ``E_0``; a degenerate ground state (gap below
+        ``suite.targets.DEGENERACY_TOLERANCE`` relative) is refused, as its infidelity
+        would depend on the eigensolver's choice within the level."""
+        energy, vector, gap = ground_state(_hamiltonian(spec))
+        if gap <= DEGENERACY_TOLERANCE * max(1.0, abs(energy)):
+            field_name = "h" if spec.target["model"] == "tfim" else "u_final"
+            raise ValueError(
+                f"target.{field_name}={spec.target[field_name]}: the ground state of the "
+                f"target's Hamiltonian is degenerate (gap {gap:.3e}), so the infidelity to "
+                "it is ill-defined; change the field, the filling or the lattice"
+            )
         return vector.astype(np.complex128), energy
 
     def problem(self, spec: SweepSpec, state: np.ndarray) -> Problem:
