@@ -20,7 +20,7 @@ rate is ``lr_factor x eta_max``), the logged steps, and the infinite-width ensem
 ``members`` NNGP draws (member ``i`` from ``(seed, i)``) in exact discrete steps at the
 finite networks' rate. A task trains ``shard_size`` members at one grid point
 (:func:`suite.training.train_on_loss`) and, with ``search.linearised``, evolves each
-under its own empirical QS-NTK at initialisation (:func:`suite.member_flow.member_flows`);
+under its own empirical QS-NTK at initialisation (:func:`suite.member_flow.linearised_flows`);
 it writes their logged values and the shard's sums of ``psi``. Aggregating a point gives
 the members' mean of each value, the linearisations' mean, the kernel motion (each member
 against its own linearisation) and the ensemble mean of psi.
@@ -63,7 +63,7 @@ from jobs.studies.problems import INPUTS, dynamics_nnqs, parameter_count
 from suite.kernel_flow import basis_kernels, infinite_ensemble, learning_rate_bound
 from suite.kernels.full_basis import MAX_DENSE_DIMENSION, sample_functions
 from suite.losses import Energy, Infidelity, Loss, SparseRows, check_bases, tomography_targets
-from suite.member_flow import member_flows
+from suite.member_flow import KERNEL_ROUTE_DIMENSION, linearised_flows
 from suite.networks import init_ensemble
 from suite.operators import hubbard_hamiltonian, tfim_hamiltonian
 from suite.store import ArraySpec, Region, SweepStore
@@ -198,8 +198,8 @@ class LossSearch(Study):
             linearised = None
             if spec.search.linearised:
                 params = init_ensemble(nnqs, spec.sweep.seed, task.members, inputs.shape[1])
-                flows = member_flows(
-                    nnqs, params, inputs, problem.loss, rate, steps, linearised=True,
+                flows = linearised_flows(
+                    nnqs, params, inputs, problem.loss, rate, steps,
                     observables=problem.observables,
                 )  # fmt: skip
                 linearised = np.stack([flows.values[name].T for name in problem.names])
@@ -260,11 +260,12 @@ class LossSearch(Study):
         infinite values of every learning rate. A shard: its parameters three times, the
         engine's blocks (``suite.training.BLOCK_ELEMENTS`` per lane, three per hidden
         layer), its outputs on the basis and their gradient (four real ``m x D``), the
-        shard's sums (``5 x steps x D`` three times), and the linearisations' saved
-        residuals (the activations and their derivatives of u and v: about ``4 m D n``
-        float64 per hidden layer; :func:`suite.member_flow.member_flows` holds the whole
-        shard). Aggregating a point: its values, linearisations, sums and the ensemble
-        mean."""
+        shard's sums (``5 x steps x D`` three times), and the linearisations: one
+        member's ``2D x 2D`` empirical kernel at a time on a basis of up to
+        ``suite.member_flow.KERNEL_ROUTE_DIMENSION`` states, else the whole shard's saved
+        residuals (the activations of u and v and their derivatives: about ``4 m D n``
+        float64 per hidden layer). Aggregating a point: its values, linearisations, sums
+        and the ensemble mean."""
         basis = target_basis(spec)
         dimension, n_sites = basis.dimension, basis.n_sites
         members, size = spec.ensemble.members, spec.ensemble.shard_size
@@ -282,7 +283,10 @@ class LossSearch(Study):
         intermediates = 3 * depth * 2 * usable_cores() * BLOCK_ELEMENTS * itemsize
         parameters = 3 * itemsize * size * parameter_count(spec, width)
         outputs = 4 * 8 * size * dimension + 3 * 8 * 5 * steps * dimension
-        tangents = 4 * 8 * size * dimension * width * depth if spec.search.linearised else 0
+        tangents = 0
+        if spec.search.linearised:  # one member's 2D x 2D kernel, or the whole shard's residuals
+            kernel_route = dimension <= KERNEL_ROUTE_DIMENSION
+            tangents = 4 * 8 * dimension * (dimension if kernel_route else size * width * depth)
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         shard = (
             BASELINE_BYTES + programs + parameters + intermediates + outputs + tangents
