@@ -139,6 +139,8 @@ def linearised_flows(
     own initial function: one kernel per member (``D^2 P`` work), then ``O(D^2)`` a step
     instead of a jvp and its transpose through the network. Members run one at a time;
     above :data:`KERNEL_ROUTE_DIMENSION` basis states, :func:`member_flows`."""
+    check_steps(steps, "steps")  # before any kernel is built
+    check_learning_rate(learning_rate)
     x = jnp.asarray(inputs, dtype=jnp.float64)
     if x.shape[0] > KERNEL_ROUTE_DIMENSION:
         return member_flows(

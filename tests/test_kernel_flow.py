@@ -344,6 +344,11 @@ def test_linearised_flows_by_the_kernel_route_equal_parameter_space(monkeypatch)
         assert np.allclose(by_kernel.values[name], expected.values[name], rtol=1e-10)
         assert np.array_equal(fallback.values[name], expected.values[name])
     assert expected.values["loss"][-1].max() < expected.values["loss"][0].min()  # it moved
+    monkeypatch.setattr(member_flow, "empirical_qs_ntk", None)  # no kernel may be built
+    with pytest.raises(ValueError, match="learning_rate"):
+        linearised_flows(nnqs, params, inputs, loss, -0.02, steps)
+    with pytest.raises(ValueError, match="steps"):
+        linearised_flows(nnqs, params, inputs, loss, 0.02, [5, 3])
 
 
 def test_kernel_motion_falls_with_width() -> None:
