@@ -241,11 +241,25 @@ def basis_of(spec: Spec, max_dimension: int = DEFAULT_MAX_DIMENSION) -> Basis:
     return HubbardBasis(n_sites, spec.n_up, spec.n_down, max_dimension=max_dimension)
 
 
+def is_degenerate(energy: float, gap: float) -> bool:
+    """Whether a ground level is degenerate: gap ``<= DEGENERACY_TOLERANCE * max(1, |E_0|)``."""
+    return gap <= DEGENERACY_TOLERANCE * max(1.0, abs(energy))
+
+
+def evolution_hamiltonian(spec: Spec, max_dimension: int = DEFAULT_MAX_DIMENSION) -> sp.csr_matrix:
+    """The Hamiltonian a quench evolves under (TFIM at ``h``; Hubbard at ``u_final`` in
+    its sector), in ``basis_of(spec)`` order; nothing diagonalised."""
+    if isinstance(spec, TFIMQuench):
+        return tfim_hamiltonian(spec.lattice, spec.J, spec.h, max_dimension=max_dimension)
+    basis = basis_of(spec, max_dimension)
+    return hubbard_hamiltonian(spec.lattice, basis, spec.hopping, spec.u_final)
+
+
 def _build_tfim(spec: TFIMQuench, max_dimension: int) -> Target:
     """TFIM quench from the all-up state (basis index 0)."""
     lattice = spec.lattice
     basis = basis_of(spec, max_dimension)
-    hamiltonian = tfim_hamiltonian(lattice, spec.J, spec.h, max_dimension=max_dimension)
+    hamiltonian = evolution_hamiltonian(spec, max_dimension)
     psi0 = np.zeros(basis.dimension, dtype=np.complex128)
     psi0[0] = 1.0
     return Target(
@@ -267,14 +281,14 @@ def _build_hubbard(spec: HubbardQuench, max_dimension: int) -> Target:
     basis = basis_of(spec, max_dimension)
     initial = hubbard_hamiltonian(lattice, basis, spec.hopping, spec.u_initial)
     energy, ground, gap = ground_state(initial)
-    if gap <= DEGENERACY_TOLERANCE * max(1.0, abs(energy)):
+    if is_degenerate(energy, gap):
         raise ValueError(
             f"u_initial={spec.u_initial}: the initial ground state on {lattice} with "
             f"n_up={spec.n_up}, n_down={spec.n_down} is degenerate (gap {gap:.3e}), so the "
             "target would be ill-defined; change u_initial, the filling or the lattice"
         )
     psi0 = ground.astype(np.complex128)
-    hamiltonian = hubbard_hamiltonian(lattice, basis, spec.hopping, spec.u_final)
+    hamiltonian = evolution_hamiltonian(spec, max_dimension)
     return Target(
         name=_name(spec),
         basis=basis,

@@ -65,14 +65,13 @@ from suite.kernels.full_basis import MAX_DENSE_DIMENSION, sample_functions
 from suite.losses import Energy, Infidelity, Loss, SparseRows, check_bases, tomography_targets
 from suite.member_flow import KERNEL_ROUTE_DIMENSION, linearised_flows
 from suite.networks import init_ensemble
-from suite.operators import hubbard_hamiltonian, tfim_hamiltonian
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import log_steps
 from suite.targets import (
-    DEGENERACY_TOLERANCE,
-    basis_of,
     build_target,
+    evolution_hamiltonian,
     ground_state,
+    is_degenerate,
     make_spec,
 )
 from suite.training import BLOCK_ELEMENTS, SUMS, LossEnsembleStats, train_on_loss
@@ -436,14 +435,6 @@ def _write_results(
     return regions + write_shard_sums(store, task, stats)
 
 
-def _hamiltonian(spec: SweepSpec) -> Any:
-    """The target model's Hamiltonian (TFIM at ``h``; Hubbard at ``u_final`` in its sector)."""
-    quench = make_spec(**spec.target)
-    if spec.target["model"] == "tfim":
-        return tfim_hamiltonian(quench.lattice, quench.J, quench.h)
-    return hubbard_hamiltonian(quench.lattice, basis_of(quench), quench.hopping, quench.u_final)
-
-
 class GroundState(LossSearch):
     """Ground-state search: the energy, logged with the infidelity to the ground state."""
 
@@ -453,10 +444,10 @@ class GroundState(LossSearch):
 
     def target_state(self, spec: SweepSpec) -> tuple[np.ndarray, float]:
         """The exact ground state and ``E_0``; a degenerate ground state (gap below
-        ``suite.targets.DEGENERACY_TOLERANCE`` relative) is refused, as its infidelity
+        ``suite.targets.is_degenerate``) is refused, as its infidelity
         would depend on the eigensolver's choice within the level."""
-        energy, vector, gap = ground_state(_hamiltonian(spec))
-        if gap <= DEGENERACY_TOLERANCE * max(1.0, abs(energy)):
+        energy, vector, gap = ground_state(evolution_hamiltonian(make_spec(**spec.target)))
+        if is_degenerate(energy, gap):
             field_name = "h" if spec.target["model"] == "tfim" else "u_final"
             raise ValueError(
                 f"target.{field_name}={spec.target[field_name]}: the ground state of the "
@@ -466,7 +457,7 @@ class GroundState(LossSearch):
         return vector.astype(np.complex128), energy
 
     def problem(self, spec: SweepSpec, state: np.ndarray) -> Problem:
-        energy = Energy(SparseRows.from_csr(_hamiltonian(spec)))
+        energy = Energy(SparseRows.from_csr(evolution_hamiltonian(make_spec(**spec.target))))
         return Problem(energy, {"infidelity": Infidelity(jnp.asarray(state, dtype=jnp.complex128))})
 
 
