@@ -33,6 +33,7 @@ from analysis.compare import (
     search_comparison,
     standard_error,
 )
+from suite.kernel_flow import spectrum_rates
 from suite.store import SweepStore
 from suite.supervised import CURVES, MIN_EXPONENT_WIDTHS, width_exponent
 
@@ -318,6 +319,10 @@ def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[
             f"median {np.median(relative):.3g}; within 1e-8: {int(np.sum(relative < 1e-8))}"
             f"/{members}."
         )
+    if "floor_spectrum" in point:
+        paragraphs.append(
+            _floor_rates(point["floor_spectrum"].values, float(point["learning_rate"]))
+        )
     if "infidelity" in point["value"].values:
         infidelity = point["infinite_values"].sel(value="infidelity").values
         paragraphs.append(
@@ -326,6 +331,27 @@ def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[
             f"{infidelity[:, -1].max():.3g} at the last step."
         )
     return [line for paragraph in paragraphs for line in (paragraph, "")]
+
+
+def _floor_rates(spectrum: np.ndarray, rate: float) -> str:
+    """The kernel-preconditioned spectrum at the floor of the infinite-width members
+    (docs/theory.md §7.1): their zero modes, slowest and fastest rates."""
+    zero_modes, slowest, largest = spectrum_rates(spectrum)
+    counts = "; ".join(
+        f"{count} ({int(np.sum(zero_modes == count))} members)" for count in np.unique(zero_modes)
+    )
+    slow, fast = rate * slowest, rate * largest
+    e_fold = -1.0 / (2.0 * np.log1p(-np.clip(slow, None, 1.0 - 1e-16)))
+    return (
+        f"Kernel-preconditioned spectrum at the floor (each infinite-width member at the floor "
+        f"state nearest its last function, docs/theory.md §7.1): zero modes "
+        f"{counts} (2 are the norm and the phase; more are directions the kernel "
+        f"cannot move); slowest rate eta lambda_min {np.median(slow):.3g} (median; "
+        f"{slow.min():.3g}..{slow.max():.3g}), fastest eta lambda_max {np.median(fast):.3g} "
+        f"(median; largest {fast.max():.3g}; below 2 is stable); near the floor the error "
+        f"falls by (1 - eta lambda_min)^2 a step: one e-fold in {np.median(e_fold):.3g} steps "
+        f"(median; {e_fold.max():.3g} for the slowest member)."
+    )
 
 
 #: the report section of each study; any other study gets :func:`_any_study`

@@ -232,20 +232,24 @@ def infinite_ensemble(
     return FlowLog(logs[0].steps, values, np.concatenate([log.final for log in logs]))
 
 
+def _preconditioned_hessian(
+    kernel: BasisKernel, loss: Loss, u: Array, v: Array, p: Array, q: Array
+) -> tuple[Array, Array]:
+    """``A (p, q)`` with ``A = K^(1/2) Hess L(u, v) K^(1/2)``, row by row (docs/theory.md §7.1)."""
+    root_p, root_q = kernel.apply_root(p, q)
+    tangent = jax.jvp(lambda a, b: _real_gradient(loss, a, b), (u, v), (root_p, root_q))[1]
+    return kernel.apply_root(*tangent)
+
+
 @jax.jit
 def _curvature(
     kernel: BasisKernel, loss: Loss, u: Array, v: Array, start: tuple[Array, Array]
 ) -> Array:
     """Power iteration on ``K^(1/2) Hess L K^(1/2)`` per member: its largest |eigenvalue|."""
 
-    def hessian_product(p: Array, q: Array) -> tuple[Array, Array]:
-        root_p, root_q = kernel.apply_root(p, q)
-        tangent = jax.jvp(lambda a, b: _real_gradient(loss, a, b), (u, v), (root_p, root_q))[1]
-        return kernel.apply_root(*tangent)
-
     def iterate(_: int, state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         p, q, _ = state
-        hp, hq = hessian_product(p, q)
+        hp, hq = _preconditioned_hessian(kernel, loss, u, v, p, q)
         rayleigh = jnp.sum(p * hp + q * hq, axis=-1)
         norm = jnp.sqrt(jnp.sum(hp**2 + hq**2, axis=-1, keepdims=True))
         return hp / norm, hq / norm, rayleigh
@@ -276,3 +280,69 @@ def learning_rate_bound(
         rho = _curvature(kernel, loss, part.real, part.imag, (noise[0], noise[1]))
         largest = max(largest, float(jnp.max(rho)))
     return 2.0 / largest
+
+
+#: largest basis whose preconditioned Hessian :func:`floor_spectrum` builds densely
+#: (a ``2D x 2D`` symmetric eigenproblem per member)
+SPECTRUM_DIMENSION = 512
+
+
+@jax.jit
+def _floor_spectrum(kernel: BasisKernel, loss: Loss, point: Array) -> Array:
+    """The eigenvalues of ``K^(1/2) Hess L K^(1/2)`` at one ``point`` ``(D,)``, ascending."""
+    size = point.shape[0]
+    identity = jnp.eye(2 * size, dtype=jnp.float64)
+    at = jnp.broadcast_to(point, (2 * size, size))
+    rows = _preconditioned_hessian(
+        kernel, loss, at.real, at.imag, identity[:, :size], identity[:, size:]
+    )
+    matrix = jnp.concatenate(rows, axis=-1)
+    return jnp.linalg.eigvalsh(0.5 * (matrix + matrix.T))
+
+
+def floor_spectrum(
+    kernel: BasisKernel, loss: Loss, floor_state: np.ndarray, psi: Array | np.ndarray
+) -> np.ndarray:
+    """The kernel-preconditioned spectrum at the loss's floor, per member (docs/theory.md §7.1).
+
+    For member ``i`` of ``psi`` ``(M, D)``: the eigenvalues, ascending, of
+    ``A = K^(1/2) Hess L(z_i) K^(1/2)`` (``2D`` of them) at ``z_i``, the floor state
+    nearest the member, ``<floor|psi_i> / <floor|floor> floor`` (its phase and norm; for
+    the scale- and phase-invariant losses of the suite every such multiple is a minimum).
+    Near the floor one discrete step multiplies the error's component along eigenvector
+    ``k`` by ``1 - eta lambda_k``: the zero eigenvalues are directions that do not move
+    (the norm and phase, and any the kernel cannot reach), the smallest positive one sets
+    the asymptotic rate. Dense, up to :data:`SPECTRUM_DIMENSION` basis states.
+    """
+    floor = np.asarray(floor_state, dtype=np.complex128)
+    psi = np.asarray(psi, dtype=np.complex128)
+    if floor.ndim != 1 or psi.ndim != 2 or psi.shape[1] != floor.size:
+        raise ValueError(
+            f"floor_state must be (D,) and psi (M, D), got {floor.shape} and {psi.shape}"
+        )
+    if floor.size > SPECTRUM_DIMENSION or kernel.dimension != floor.size:
+        raise ValueError(
+            f"floor_state must have the kernel's dimension, at most {SPECTRUM_DIMENSION} "
+            f"basis states, got {floor.size} (kernel dimension {kernel.dimension})"
+        )
+    overlaps = psi @ floor.conj() / np.vdot(floor, floor).real
+    if not np.all(np.abs(overlaps) > 0):
+        raise ValueError("psi has a member with no overlap with floor_state")
+    return np.stack(
+        [np.asarray(_floor_spectrum(kernel, loss, jnp.asarray(c * floor))) for c in overlaps]
+    )
+
+
+#: an eigenvalue of the floor spectrum within this fraction of the largest is a zero mode
+ZERO_MODE_RTOL = 1e-10
+
+
+def spectrum_rates(spectrum: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per member of a :func:`floor_spectrum` ``(..., 2D)``: the number of zero modes
+    (``|lambda| <= ZERO_MODE_RTOL * lambda_max``), the smallest positive eigenvalue beyond
+    them (the asymptotic rate over ``eta``) and the largest."""
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    largest = spectrum.max(axis=-1)
+    zero = np.abs(spectrum) <= ZERO_MODE_RTOL * largest[..., None]
+    positive = np.where(zero | (spectrum < 0), np.inf, spectrum)
+    return zero.sum(axis=-1), positive.min(axis=-1), largest

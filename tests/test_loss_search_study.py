@@ -22,7 +22,7 @@ import xarray as xr
 from analysis.compare import search_comparison
 from jobs.spec import SpecError, parse_spec
 from nnqs import cli
-from suite.kernel_flow import infinite_ensemble, walsh_kernels
+from suite.kernel_flow import floor_spectrum, infinite_ensemble, walsh_kernels
 from suite.lattice import Lattice
 from suite.losses import Energy, Infidelity, SparseRows
 from suite.member_flow import member_flows
@@ -74,8 +74,9 @@ def _energy() -> Energy:
 
 
 def test_the_store_holds_what_the_library_computes(ground_state: Path) -> None:
-    """The infinite-width ensemble (the same NNGP draws, the same rate) and the second
-    shard's members at width 64 and their linearisations, recomputed here, to 1e-10."""
+    """The infinite-width ensemble (the same NNGP draws, the same rate) with the spectrum at
+    the floor nearest each draw's last function, and the second shard's members at width 64
+    and their linearisations, recomputed here, to 1e-10."""
     data = xr.open_zarr(ground_state)
     steps = log_steps(300, 8)
     assert np.array_equal(data["step"].values, steps)
@@ -84,10 +85,14 @@ def test_the_store_holds_what_the_library_computes(ground_state: Path) -> None:
     ground = Infidelity(jnp.asarray(data["target_state"].values))
     observables = {"infidelity": ground}
     nngp, ntk = walsh_kernels(mlp_nnqs("decoupled", "relu", 1, 64), 4)
-    log = infinite_ensemble(nngp, ntk, _energy(), 0, 32, rate, steps, observables=observables)
+    log = infinite_ensemble(
+        nngp, ntk, _energy(), 0, 32, rate, steps, observables=observables, keep_final=True
+    )
     stored = data["infinite_values"].isel(lr_factor=0)
     for name in ("loss", "infidelity"):
         assert np.allclose(stored.sel(value=name).values, log.values[name].T, rtol=1e-10)
+    spectrum = floor_spectrum(ntk, _energy(), data["target_state"].values, log.final)
+    assert np.allclose(data["floor_spectrum"].isel(lr_factor=0), spectrum, atol=1e-10)
     nnqs, members = mlp_nnqs("decoupled", "relu", 1, 64), np.arange(16, 32)
     inputs = data["inputs"].values
     stats = train_on_loss(
@@ -140,6 +145,8 @@ def test_the_report_has_the_infinite_ensemble_and_the_width_table(
     report = (ground_state.parent / "sweep.zarr.report" / "report.md").read_text()
     assert "Infinite width: 32/32 members stable" in report
     assert "Final relative error per member (E_t - E_0) / |E_0|" in report
+    assert "Kernel-preconditioned spectrum at the floor" in report
+    assert "zero modes 2 (32 members)" in report
     rows = [line for line in report.splitlines() if line.startswith(("| 64 |", "| 1024 |"))]
     assert len(rows) == 2
     assert (ground_state.parent / "sweep.zarr.report" / "search-lr0.5.png").is_file()
@@ -195,6 +202,7 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
     assert infidelity[-1] < 0.5 * infidelity[0]
     linear = data["linearised_values"].values
     assert np.all(np.isnan(linear)) if linearised == "false" else np.all(np.isfinite(linear))
+    assert ("floor_spectrum" in data) == (study == "fidelity")  # the floor is known
 
 
 def test_a_hubbard_ground_state_sweep_runs_on_the_dense_route(tmp_path: Path) -> None:

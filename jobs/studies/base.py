@@ -74,6 +74,7 @@ UNINDEXED = {
     "basis_column": "basis-state index k of the Gram's second argument (as `basis`)",
     "row": "row of the 2B x 2B QS-NTK block matrix [[uu, uv], [vu, vv]] on the train set",
     "column": "column of the 2B x 2B QS-NTK block matrix (as `row`)",
+    "mode": "eigenvalue index of a 2D x 2D kernel-preconditioned Hessian, ascending",
 }
 
 #: the sentence on NaN padding in the descriptions of arrays padded across train sizes

@@ -16,11 +16,14 @@ The three studies share this module and differ only in their loss:
 Grid ``lr_factor x width``. Preparing the store builds the target state, the
 infinite-width kernels on the basis (Walsh-Hadamard on spins, dense on a Hubbard
 sector), the learning-rate bound ``eta_max`` at the ensemble's NNGP draws (§7.1; the
-rate is ``lr_factor x eta_max``), the logged steps, and the infinite-width ensemble:
+rate is ``lr_factor x eta_max``), the logged steps, the infinite-width ensemble:
 ``members`` NNGP draws (member ``i`` from ``(seed, i)``) in exact discrete steps at the
-finite networks' rate. A task trains ``shard_size`` members at one grid point
-(:func:`suite.training.train_on_loss`) and, with ``search.linearised``, evolves each
-under its own empirical QS-NTK at initialisation (:func:`suite.member_flow.linearised_flows`);
+finite networks' rate, and (up to ``suite.kernel_flow.SPECTRUM_DIMENSION`` basis states,
+a known floor) the kernel-preconditioned spectrum at the floor state nearest each draw's
+last function, whose smallest positive eigenvalue sets its asymptotic rate. A task
+trains ``shard_size`` members at one grid point (:func:`suite.training.train_on_loss`)
+and, with ``search.linearised``, evolves each under its own empirical QS-NTK at
+initialisation (:func:`suite.member_flow.linearised_flows`);
 it writes their logged values and the shard's sums of ``psi``. Aggregating a point gives
 the members' mean of each value, the linearisations' mean, the kernel motion (each member
 against its own linearisation) and the ensemble mean of psi.
@@ -60,7 +63,13 @@ from jobs.studies.base import (
     write_shard_sums,
 )
 from jobs.studies.problems import INPUTS, dynamics_nnqs, parameter_count
-from suite.kernel_flow import basis_kernels, infinite_ensemble, learning_rate_bound
+from suite.kernel_flow import (
+    SPECTRUM_DIMENSION,
+    basis_kernels,
+    floor_spectrum,
+    infinite_ensemble,
+    learning_rate_bound,
+)
 from suite.kernels.full_basis import MAX_DENSE_DIMENSION, sample_functions
 from suite.losses import Energy, Infidelity, Loss, SparseRows, check_bases, tomography_targets
 from suite.member_flow import KERNEL_ROUTE_DIMENSION, linearised_flows
@@ -152,13 +161,17 @@ class LossSearch(Study):
         rates = bound * np.asarray(spec.grid.lr_factors)
         infinite = np.full((rates.size, len(names), members, steps.size), NAN)
         stable = np.zeros((rates.size, members), dtype=bool)
+        with_spectrum = _has_spectrum(spec)
+        spectra = []
         for r, rate in enumerate(rates):
             log = infinite_ensemble(
                 nngp, ntk, problem.loss, seed, members, float(rate), steps,
-                observables=problem.observables, chunk=INFINITE_CHUNK,
+                observables=problem.observables, chunk=INFINITE_CHUNK, keep_final=with_spectrum,
             )  # fmt: skip
             infinite[r] = np.stack([log.values[name].T for name in names])
             stable[r] = log.stable
+            if with_spectrum:
+                spectra.append(floor_spectrum(ntk, problem.loss, state, log.final))
         coords, initial = grid_coordinates(spec)
         for name, values, about in (
             ("step", steps, None),
@@ -177,6 +190,8 @@ class LossSearch(Study):
             infinite_values=infinite,
             infinite_stable=stable,
         )
+        if with_spectrum:
+            initial["floor_spectrum"] = np.stack(spectra)
         arrays = coords + self._arrays(spec, inputs.shape, len(names), steps.size)
         return Layout(arrays, initial, {"loss": self.describes}, [])
 
@@ -256,11 +271,13 @@ class LossSearch(Study):
         blocks, the kernels, their roots and the eigendecomposition: about eight such
         float64 arrays), and per chunk of :data:`INFINITE_CHUNK` draws about 16 complex
         ``(chunk, D)`` arrays (draws, flow state, gradients, curvature iterates); the
-        infinite values of every learning rate. A shard: its parameters three times, the
-        engine's blocks (``suite.training.BLOCK_ELEMENTS`` per lane, three per hidden
-        layer), its outputs on the basis and their gradient (four real ``m x D``), the
-        shard's sums (``5 x steps x D`` three times), and the linearisations: one
-        member's ``2D x 2D`` empirical kernel at a time on a basis of up to
+        infinite values of every learning rate; with the floor spectrum, the members' final
+        functions and one member's dense ``2D x 2D`` preconditioned Hessian with its
+        eigensolver's work (about six such float64 arrays) and the spectra. A shard: its
+        parameters three times, the engine's blocks (``suite.training.BLOCK_ELEMENTS`` per
+        lane, three per hidden layer), its outputs on the basis and their gradient (four
+        real ``m x D``), the shard's sums (``5 x steps x D`` three times), and the
+        linearisations: one member's ``2D x 2D`` empirical kernel at a time on a basis of up to
         ``suite.member_flow.KERNEL_ROUTE_DIMENSION`` states, else the whole shard's saved
         residuals (the activations of u and v and their derivatives: about ``4 m D n``
         float64 per hidden layer). Aggregating a point: its values, linearisations, sums
@@ -274,9 +291,13 @@ class LossSearch(Study):
         itemsize = training_itemsize(spec)
         dense = 0 if spec.target["model"] == "tfim" else 8 * 8 * (2 * dimension) ** 2
         chunk = min(members, INFINITE_CHUNK)
+        spectrum = 0
+        if _has_spectrum(spec):  # the members' final functions, one member's 2D x 2D Hessian
+            spectrum = (16 + 16 * len(spec.grid.lr_factors)) * members * dimension
+            spectrum += 6 * 8 * (2 * dimension) ** 2
         preparation = (
             BASELINE_BYTES + 24 * dimension * (n_sites + 8) + dense
-            + 16 * 16 * chunk * dimension
+            + 16 * 16 * chunk * dimension + spectrum
             + 8 * len(spec.grid.lr_factors) * values * members * steps
         )  # fmt: skip
         intermediates = 3 * depth * 2 * usable_cores() * BLOCK_ELEMENTS * itemsize
@@ -376,6 +397,23 @@ class LossSearch(Study):
                     "its loss is finite and non-increasing along the logged steps (§7.1)",
                 ),
             ),
+            *(
+                [
+                    array_spec(
+                        "floor_spectrum", {"lr_factor": n_r, "member": n_m, "mode": 2 * dimension},
+                        (1, n_m, 2 * dimension),
+                        about=About(
+                            "kernel-preconditioned spectrum at the floor", "1",
+                            "eigenvalues, ascending, of K^(1/2) Hess L K^(1/2) (K the "
+                            "infinite-width QS-NTK) at the floor state nearest each "
+                            "infinite-width member's last function; eta times one is the "
+                            "rate of its mode (docs/theory.md §7.1)",
+                        ),
+                    )
+                ]
+                if _has_spectrum(spec)
+                else []
+            ),
             array_spec(
                 "mean_values", per_value, (*point, n_v, n_l),
                 about=About("ensemble mean of each value", "1", f"mean over the members {logged}"),
@@ -401,6 +439,12 @@ class LossSearch(Study):
                 about=About("ensemble mean of psi", "1", "mean over the members of psi = u + i v"),
             ),
         ]  # fmt: skip
+
+
+def _has_spectrum(spec: SweepSpec) -> bool:
+    """Whether the store holds ``floor_spectrum``: the floor state is known (no shots) and
+    the basis has at most :data:`suite.kernel_flow.SPECTRUM_DIMENSION` states."""
+    return not spec.search.shots and target_basis(spec).dimension <= SPECTRUM_DIMENSION
 
 
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
