@@ -1,5 +1,6 @@
 """Finite against infinite width, read from an aggregated store: a dynamics sweep
-(docs/theory.md §5; below) or a loss study (:func:`search_comparison`, §7.3).
+(docs/theory.md §5; below; with its linearisations :func:`linearisation_comparison`) or
+a loss study (:func:`search_comparison`, §7.3).
 
 For every grid point (train size, learning rate, width) and logged step ``t >= 1``
 (step 0 measures only the prior's sampling noise), the relative deviation
@@ -100,6 +101,35 @@ def largest_deviations(
     errors = curve_errors(data) / data[f"infinite_{time}"]
     at = deviations.fillna(-np.inf).argmax("step").compute()  # an index: not lazy
     return deviations.max("step"), errors.isel(step=at)
+
+
+def linearisation_comparison(data: xr.Dataset) -> xr.Dataset:
+    """A dynamics sweep run with ``training.linearised`` (docs/theory.md §7.3): its finite
+    members and their linearisations against the infinite-width mean of the losses in
+    exact discrete steps, per grid point, ``part`` (train, test) and logged step (NaN at
+    step 0), each relative to that prediction: ``deviation`` ``|finite - infinite|``
+    (the finite members' mean), ``motion`` (the mean over the members of ``|member - its
+    linearisation|``: kernel motion) and ``fluctuation`` ``|linearised - infinite|`` (the
+    linearisations' mean: kernel fluctuation and sampling noise)."""
+    if "linearised_train_loss" not in data:
+        raise ValueError("the store has no linearisations: run the sweep with training.linearised")
+    parts = []
+    for part in ("train", "test"):
+        members = data[f"member_{part}_loss"]
+        linearised = data[f"linearised_{part}_loss"]
+        infinite = data["infinite_discrete"].sel(curve=f"{part}_mean_of_losses", drop=True)
+        reference = infinite.where(data["step"] != data["step"][0])
+        parts.append(
+            xr.Dataset(
+                {
+                    "deviation": relative_deviation(members.mean("member"), reference),
+                    "motion": abs(members - linearised).mean("member") / reference,
+                    "fluctuation": relative_deviation(linearised.mean("member"), reference),
+                }
+            )
+        )
+    part = xr.DataArray(["train", "test"], dims="part", name="part")
+    return xr.concat(parts, dim=part).compute()
 
 
 #: a logged step enters the comparison of a loss study while the infinite-width mean error

@@ -28,6 +28,7 @@ from analysis import figures
 from analysis.compare import (
     RESOLVED_FRACTION,
     largest_deviations,
+    linearisation_comparison,
     open_aggregated,
     relative_deviations,
     search_comparison,
@@ -116,6 +117,8 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
                 out,
                 "Largest relative deviation against width",
             )
+            if "linearised_train_loss" in data:
+                lines += _linearisations(linearisation_comparison(data).sel(point), widths)
     if data.sizes["train_size"] > 1:
         factor = data["lr_factor"].values[0]
         losses = figures.total_losses(data.sel(lr_factor=factor))
@@ -135,6 +138,37 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
     lines += ["## QS-NTK spectra on the train sets", ""]
     lines += _image(figures.save(figures.spectra_figure(data), out, "spectra"), out, "Spectra")
     return lines
+
+
+def _linearisations(comparison: xr.Dataset, widths: list[Any]) -> list[str]:
+    """Kernel motion and fluctuation at one grid point of a dynamics sweep: the train
+    losses at the last logged step, the test losses at their largest (docs/theory.md §7.3)."""
+    last = comparison.sel(part="train").isel(step=-1)
+    test = comparison.sel(part="test").max("step")
+    names = ("deviation", "motion", "fluctuation")
+    rows = [
+        [
+            width,
+            *(float(last[name].sel(width=width)) for name in names),
+            *(float(test[name].sel(width=width)) for name in names),
+        ]
+        for width in widths
+    ]
+    if len(widths) > 1:
+        columns = list(zip(*rows, strict=True))[1:]
+        rows.append(["exponent", *(exponent_cell(widths, column) for column in columns)])
+    header = ["width", *(f"train {n}, last step" for n in names)]
+    header += [f"test {n}, largest" for n in names]
+    return [
+        "Finite members against their own linearisations (each evolved under its empirical "
+        "QS-NTK at initialisation), the mean of the losses relative to the discrete-step "
+        "NTK: deviation of the members' mean, kernel motion (mean |member - its "
+        "linearisation|) and kernel fluctuation (the linearisations' mean against the NTK; "
+        "docs/theory.md §7.3):",
+        "",
+        *markdown_table(header, rows),
+        "",
+    ]
 
 
 def _entanglement(data: xr.Dataset, out: Path) -> list[str]:

@@ -10,7 +10,7 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
                    widths, lr_factors                   (ground_state, fidelity, tomography)
                    widths, architectures, cosnet_s0     (entanglement)
     [ensemble]     members, shard_size
-    [training]     log_points, max_steps, tolerance, target_scale   (dynamics)
+    [training]     log_points, max_steps, tolerance, target_scale, linearised (dynamics)
     [search]       steps, log_points, linearised, bases, shots
                    (ground_state, fidelity, tomography)
     [entanglement] n_sites, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
@@ -41,7 +41,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -71,7 +71,14 @@ class SpecError(ValueError):
 
 
 class Section(Struct, frozen=True, forbid_unknown_fields=True):
-    """A table of a spec: its fields are its keys, with their types and defaults."""
+    """A table of a spec: its fields are its keys, with their types and defaults.
+
+    ``added_later`` names fields added after stores were made, whose default keeps the
+    earlier results: at that default they stay out of the fingerprint, so those stores
+    still resume.
+    """
+
+    added_later: ClassVar[tuple[str, ...]] = ()
 
 
 class Sweep(Section):
@@ -128,10 +135,17 @@ class Ensemble(Section):
 
 
 class Training(Section):
+    """Supervised training (dynamics study; docs/theory.md §5): ``log_points`` logged
+    steps up to the infinite-width convergence (``tolerance``), capped by ``max_steps``;
+    with ``linearised`` each member's linearisation too (§7.3)."""
+
+    added_later = ("linearised",)
+
     log_points: Annotated[int, Meta(ge=2, le=1000)] = 16
     max_steps: Annotated[int, Meta(ge=0, le=10**7)] = 0
     tolerance: Annotated[float, Meta(ge=1e-12, le=0.5)] = 1e-3
     target_scale: supervised.TargetScale = "unit-rms"
+    linearised: bool = False
 
 
 class Search(Section):
@@ -203,6 +217,18 @@ class SweepSpec(Struct, frozen=True):
         data = self.to_dict()
         data.pop("executor")
         data.pop("checkpoint", None)
+        for name, table in data.items():
+            section = getattr(self, name)
+            if not isinstance(section, Section):
+                continue  # [target] is a plain table
+            defaults = {
+                field.name: field.default
+                for field in msgspec.structs.fields(section)
+                if field.name in section.added_later
+            }
+            for key, default in defaults.items():
+                if table[key] == default:
+                    del table[key]
         return data
 
     def fingerprint(self) -> str:

@@ -13,11 +13,16 @@ import suite  # noqa: F401  (enables float64)
 # isort: split
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.compare import open_aggregated, relative_deviations
+from analysis.compare import linearisation_comparison, open_aggregated, relative_deviations
 from nnqs import cli
+from suite.losses import SupervisedMSE
+from suite.member_flow import linearised_flows
+from suite.networks import init_ensemble, mlp_nnqs
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +113,66 @@ def test_discrete_prediction_beats_continuous_at_large_learning_rate(
     assert float(discrete.sel(curve=test)) < 0.15
     assert float(continuous.sel(curve=test)) > 5 * float(discrete.sel(curve=test))
     assert float(continuous.sel(curve=train)) > 2 * float(discrete.sel(curve=train))
+
+
+LINEARISED = """
+[sweep]
+name = "linearised"
+study = "dynamics"
+dtype = "float64"
+[target]
+model = "tfim"
+lx = 2
+ly = 2
+periodic = false
+[grid]
+widths = [64, 1024]
+train_sizes = [8]
+lr_factors = [0.5]
+[ensemble]
+members = 16
+shard_size = 8
+[training]
+log_points = 6
+max_steps = 400
+linearised = true
+"""
+
+
+def test_linearisations_of_a_dynamics_sweep(tmp_path: Path) -> None:
+    """``training.linearised``: the store holds each member's linearisation as the library
+    computes it (the second shard at width 64, to 1e-10; twice the SupervisedMSE value, the
+    mean of |psi - phi|^2), the kernel motion falls at least 2.5x from width 64 to 1024
+    (about 4x for n^-1/2), and the report has the table; without it the arrays are absent."""
+    spec = tmp_path / "linearised.toml"
+    spec.write_text(LINEARISED)
+    store = tmp_path / "linearised.zarr"
+    assert cli.main(["run", str(spec), "--store", str(store)]) == 0
+    assert cli.main(["report", str(store), "--out", str(tmp_path / "report")]) == 0
+    data = open_aggregated(store, "dynamics").squeeze(["train_size", "lr_factor"])
+    mask = data["train_mask"].squeeze().values
+    phi, inputs, steps = data["phi"].values, data["inputs"].values, data["step"].values
+    nnqs = mlp_nnqs("decoupled", "relu", 1, 64)
+    train, test = np.flatnonzero(mask), np.flatnonzero(~mask)
+    flows = linearised_flows(
+        nnqs, init_ensemble(nnqs, 0, range(8, 16), 4), inputs,
+        SupervisedMSE(jnp.asarray(train), jnp.asarray(phi[train])),
+        float(data["learning_rate"]), steps,
+        observables={"test": SupervisedMSE(jnp.asarray(test), jnp.asarray(phi[test]))},
+    )  # fmt: skip
+    stored = data.sel(width=64).isel(member=slice(8, 16))
+    assert np.allclose(stored["linearised_train_loss"].T, 2 * flows.values["loss"], rtol=1e-10)
+    assert np.allclose(stored["linearised_test_loss"].T, 2 * flows.values["test"], rtol=1e-10)
+    motion = linearisation_comparison(data)["motion"].max("step")
+    for part in ("train", "test"):
+        narrow, wide = (float(motion.sel(part=part, width=w)) for w in (64, 1024))
+        assert wide < narrow / 2.5, part
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Finite members against their own linearisations" in report
+    assert len([line for line in report.splitlines() if line.startswith("| exponent |")]) >= 2
+
+
+def test_a_sweep_without_linearisations_has_none(half_rate: xr.Dataset) -> None:
+    assert "linearised_train_loss" not in half_rate and "linearised_test_loss" not in half_rate
+    with pytest.raises(ValueError, match=r"training\.linearised"):
+        linearisation_comparison(half_rate)

@@ -181,6 +181,16 @@ def test_fingerprint_is_stable() -> None:
         assert load_spec(name).fingerprint() == load_spec(name).fingerprint()
 
 
+def test_a_field_added_later_enters_the_fingerprint_only_off_its_default() -> None:
+    # training.linearised came after dynamics stores existed: false keeps their fingerprint
+    base = parse_spec(TINY).fingerprint()
+    assert parse_spec(patched(TINY, {"training.linearised": False})).fingerprint() == base
+    linearised = parse_spec(patched(TINY, {"training.linearised": True}))
+    assert linearised.fingerprint() != base
+    assert linearised.science()["training"]["linearised"] is True
+    assert parse_spec(linearised.to_dict()).fingerprint() == linearised.fingerprint()
+
+
 def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
     # a task pauses only between slices fixed by its logged steps: the cadence changes
     # when it saves, never its results (tests/test_checkpoints.py checks the bits)

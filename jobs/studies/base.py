@@ -18,6 +18,7 @@ from jobs.spec import (
     aggregation_threads,
     available_memory_bytes,
 )
+from suite.member_flow import KERNEL_ROUTE_DIMENSION
 from suite.store import ArraySpec, Region, SweepStore
 from suite.training import SUMS
 
@@ -265,3 +266,13 @@ def write_shard_sums(store: SweepStore, task: Task, stats: Any) -> list[tuple[st
 def training_itemsize(spec: SweepSpec) -> int:
     """Bytes of one parameter in the training dtype (``sweep.dtype``)."""
     return 4 if spec.sweep.dtype == "float32" else 8
+
+
+def linearisation_bytes(dimension: int, members: int, width: int, depth: int) -> int:
+    """Memory of a shard's linearisations (:func:`suite.member_flow.linearised_flows`): one
+    member's ``2D x 2D`` empirical kernel at a time on a basis of up to
+    ``suite.member_flow.KERNEL_ROUTE_DIMENSION`` states, else the whole shard's saved
+    residuals (the activations of u and v and their derivatives: about ``4 m D n`` float64
+    per hidden layer)."""
+    per_state = dimension if dimension <= KERNEL_ROUTE_DIMENSION else members * width * depth
+    return 4 * 8 * dimension * per_state

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import jax.numpy as jnp
 import numpy as np
 
 from jobs.checkpoints import TaskCheckpoints, bytes_per_task
@@ -39,6 +40,7 @@ from jobs.studies.base import (
     grid_coordinates,
     grid_point_count,
     grid_value,
+    linearisation_bytes,
     shard_total,
     training_itemsize,
     write_shard_sums,
@@ -56,6 +58,9 @@ from jobs.studies.problems import (
     train_set_arrays,
 )
 from suite.dynamics import TrainSpectrum
+from suite.losses import SupervisedMSE
+from suite.member_flow import linearised_flows
+from suite.networks import NNQS, init_ensemble
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import CURVES, convergence_step, infinite_width_curve_sets, log_steps
 from suite.training import (
@@ -148,23 +153,22 @@ class Dynamics(Study):
     def run(self, spec: SweepSpec, store: SweepStore, task: Task) -> list[tuple[str, Region]]:
         """Train the task's members at its grid point; write losses and the shard's sums."""
         t, r, w = task.point
-        train = np.flatnonzero(store.read("train_mask", (slice(t, t + 1), slice(None)))[0])
-        steps = store.read("step")
+        mask = store.read("train_mask", (slice(t, t + 1), slice(None)))[0]
+        train = np.flatnonzero(mask)
+        steps, inputs, phi = store.read("step"), store.read("inputs"), store.read("phi")
+        nnqs = dynamics_nnqs(spec, spec.grid.widths[w])
+        rate = float(store.read("learning_rate")[t, r])
         # a stop signal while the results are written waits for them (the caller acts on it)
         with TaskCheckpoints(store.path, task.id, spec.checkpoint, int(steps[-1])) as checkpoints:
             stats = train_ensemble(
-                dynamics_nnqs(spec, spec.grid.widths[w]),
-                store.read("inputs"),
-                store.read("phi"),
-                train,
-                seed=spec.sweep.seed,
-                members=task.members,
-                learning_rate=float(store.read("learning_rate")[t, r]),
-                log_steps=steps,
-                dtype=spec.sweep.dtype,
+                nnqs, inputs, phi, train, seed=spec.sweep.seed, members=task.members,
+                learning_rate=rate, log_steps=steps, dtype=spec.sweep.dtype,
                 checkpoints=checkpoints,
-            )
-            return _write_results(store, task, stats)
+            )  # fmt: skip
+            linearised = None
+            if spec.training.linearised:
+                linearised = _linearised_losses(spec, nnqs, inputs, phi, mask, task, rate, steps)
+            return _write_results(store, task, stats, linearised)
 
     def aggregate(self, store: SweepStore, point: tuple[int, ...]) -> None:
         t, r, w = point
@@ -191,8 +195,9 @@ class Dynamics(Study):
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """GD steps (:func:`suite.training.engines.flops_per_member_step`, and ``12 B n^2``
-        per step and member for each further hidden layer) and the evaluations on the basis
-        at the logged steps."""
+        per step and member for each further hidden layer), as much again for the
+        linearisations with ``training.linearised``, and the evaluations on the basis at the
+        logged steps."""
         grid = grid_value(spec, task)
         basis = target_basis(spec)
         width, train, depth = grid["width"], grid["train_size"], spec.network.depth
@@ -202,6 +207,7 @@ class Dynamics(Study):
         per_step = members * member_step
         logs = spec.training.log_points + 1
         evaluations = members * logs * forward_flop(basis.dimension, width, basis.n_sites, depth)
+        per_step *= 2 if spec.training.linearised else 1
         steps = spec.training.max_steps
         return TaskCost(per_step * steps + evaluations if steps else None, per_step)
 
@@ -225,7 +231,9 @@ class Dynamics(Study):
         (per hidden layer: pre-activations, ``act'(z) r``, ``act(z)``); the per-block sums
         of one evaluation and the shard's sums ``5 x steps x D`` (float64: on device, on
         the host, encoded); the basis inputs; the compiled programs of the grid points a
-        process may run in turn (``PROGRAM_BYTES`` each). Aggregating a point: its shards'
+        process may run in turn (``PROGRAM_BYTES`` each); with ``training.linearised``
+        the linearisations (:func:`jobs.studies.base.linearisation_bytes`). Aggregating a
+        point: its shards'
         sums accumulated one shard at a time, with the estimators of
         ``suite.training.summarize``, about 25 ``steps x D`` float64 arrays, and for the
         jackknife errors one shard's sums and the rest's again (10 more)."""
@@ -244,6 +252,8 @@ class Dynamics(Study):
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         parameters = 3 * itemsize * members * parameter_count(spec, width)
         shard = BASELINE_BYTES + programs + parameters + intermediates + sums + inputs
+        if spec.training.linearised:
+            shard += linearisation_bytes(dimension, members, width, depth)
         point = 35 * 8 * steps * dimension + 3 * 2 * 8 * spec.ensemble.members * steps
         return {
             "preparation": preparation_bytes(spec),
@@ -252,14 +262,43 @@ class Dynamics(Study):
         }
 
 
-def _write_results(store: SweepStore, task: Task, stats: EnsembleStats) -> list[tuple[str, Region]]:
-    """A task's member losses and shard sums into its own chunks; the regions written."""
+def _linearised_losses(
+    spec: SweepSpec,
+    nnqs: NNQS,
+    inputs: np.ndarray,
+    phi: np.ndarray,
+    mask: np.ndarray,
+    task: Task,
+    rate: float,
+    steps: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The task's members evolved under their own empirical QS-NTK at initialisation
+    (:func:`suite.member_flow.linearised_flows`): train and test losses ``(steps, members)``,
+    each the mean of ``|psi - phi|^2`` over its set as the trained members' (twice the
+    :class:`suite.losses.SupervisedMSE` value, docs/theory.md §5)."""
+    train, test = np.flatnonzero(mask), np.flatnonzero(~mask)
+    params = init_ensemble(nnqs, spec.sweep.seed, task.members, inputs.shape[1])
+    flows = linearised_flows(
+        nnqs, params, inputs, SupervisedMSE(jnp.asarray(train), jnp.asarray(phi[train])),
+        rate, steps, observables={"test": SupervisedMSE(jnp.asarray(test), jnp.asarray(phi[test]))},
+    )  # fmt: skip
+    return {"train": 2 * flows.values["loss"], "test": 2 * flows.values["test"]}
+
+
+def _write_results(
+    store: SweepStore,
+    task: Task,
+    stats: EnsembleStats,
+    linearised: dict[str, np.ndarray] | None = None,
+) -> list[tuple[str, Region]]:
+    """A task's member losses (and their linearisations) and shard sums into its own
+    chunks; the regions written."""
     at = tuple(slice(i, i + 1) for i in task.point)
     regions: list[tuple[str, Region]] = []
-    for name, values in (
-        ("member_train_loss", stats.train_loss),
-        ("member_test_loss", stats.test_loss),
-    ):
+    written = [("member_train_loss", stats.train_loss), ("member_test_loss", stats.test_loss)]
+    if linearised is not None:
+        written += [(f"linearised_{part}_loss", linearised[part]) for part in ("train", "test")]
+    for name, values in written:
         region = (*at, slice(task.start, task.stop), slice(None))
         store.write(name, region, values.T[None, None, None])
         regions.append((name, region))
@@ -402,7 +441,23 @@ def _arrays(
             ),
         )
         for part in ("train", "test")
-    ] + [
+    ]
+    finite += [
+        array_spec(
+            f"linearised_{part}_loss",
+            {**shape, "member": n_m, "step": n_l},
+            (*point, size, n_l),
+            about=About(
+                f"linearised member {part} loss",
+                "1",
+                f"each member's loss on the {part} set when it is evolved under its own "
+                "empirical QS-NTK at initialisation (training.linearised; docs/theory.md §7.3)",
+            ),
+        )
+        for part in ("train", "test")
+        if spec.training.linearised
+    ]
+    finite += [
         array_spec(
             name,
             {**shape, "shard": n_s, "step": n_l, "basis": dimension},

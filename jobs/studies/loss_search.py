@@ -58,6 +58,7 @@ from jobs.studies.base import (
     grid_coordinates,
     grid_point_count,
     grid_value,
+    linearisation_bytes,
     shard_total,
     training_itemsize,
     write_shard_sums,
@@ -72,7 +73,7 @@ from suite.kernel_flow import (
 )
 from suite.kernels.full_basis import MAX_DENSE_DIMENSION, sample_functions
 from suite.losses import Energy, Infidelity, Loss, SparseRows, check_bases, tomography_targets
-from suite.member_flow import KERNEL_ROUTE_DIMENSION, linearised_flows
+from suite.member_flow import linearised_flows
 from suite.networks import init_ensemble
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import log_steps
@@ -277,11 +278,8 @@ class LossSearch(Study):
         parameters three times, the engine's blocks (``suite.training.BLOCK_ELEMENTS`` per
         lane, three per hidden layer), its outputs on the basis and their gradient (four
         real ``m x D``), the shard's sums (``5 x steps x D`` three times), and the
-        linearisations: one member's ``2D x 2D`` empirical kernel at a time on a basis of up to
-        ``suite.member_flow.KERNEL_ROUTE_DIMENSION`` states, else the whole shard's saved
-        residuals (the activations of u and v and their derivatives: about ``4 m D n``
-        float64 per hidden layer). Aggregating a point: its values, linearisations, sums
-        and the ensemble mean."""
+        linearisations (:func:`jobs.studies.base.linearisation_bytes`). Aggregating a
+        point: its values, linearisations, sums and the ensemble mean."""
         basis = target_basis(spec)
         dimension, n_sites = basis.dimension, basis.n_sites
         members, size = spec.ensemble.members, spec.ensemble.shard_size
@@ -304,9 +302,8 @@ class LossSearch(Study):
         parameters = 3 * itemsize * size * parameter_count(spec, width)
         outputs = 4 * 8 * size * dimension + 3 * 8 * 5 * steps * dimension
         tangents = 0
-        if spec.search.linearised:  # one member's 2D x 2D kernel, or the whole shard's residuals
-            kernel_route = dimension <= KERNEL_ROUTE_DIMENSION
-            tangents = 4 * 8 * dimension * (dimension if kernel_route else size * width * depth)
+        if spec.search.linearised:
+            tangents = linearisation_bytes(dimension, size, width, depth)
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         shard = (
             BASELINE_BYTES + programs + parameters + intermediates + outputs + tangents
