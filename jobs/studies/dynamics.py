@@ -428,34 +428,25 @@ def _arrays(
     shape = {"train_size": n_t, "lr_factor": n_r, "width": n_w}
     point = (1, 1, 1)
     rates = {"train_size": n_t, "lr_factor": n_r}
+    losses = [
+        ("member", "member {} loss", "each member's loss on the {} set, the mean of "
+         "|psi - phi|^2 over it (docs/theory.md §5)"),
+    ]  # fmt: skip
+    if spec.training.linearised:
+        losses.append(
+            ("linearised", "linearised member {} loss", "each member's loss on the {} set "
+             "when it is evolved under its own empirical QS-NTK at initialisation "
+             "(training.linearised; docs/theory.md §7.3)"),
+        )  # fmt: skip
     finite = [
         array_spec(
-            f"member_{part}_loss",
+            f"{kind}_{part}_loss",
             {**shape, "member": n_m, "step": n_l},
             (*point, size, n_l),
-            about=About(
-                f"member {part} loss",
-                "1",
-                f"each member's loss on the {part} set, the mean of |psi - phi|^2 over it "
-                "(docs/theory.md §5)",
-            ),
+            about=About(long_name.format(part), "1", description.format(part)),
         )
+        for kind, long_name, description in losses
         for part in ("train", "test")
-    ]
-    finite += [
-        array_spec(
-            f"linearised_{part}_loss",
-            {**shape, "member": n_m, "step": n_l},
-            (*point, size, n_l),
-            about=About(
-                f"linearised member {part} loss",
-                "1",
-                f"each member's loss on the {part} set when it is evolved under its own "
-                "empirical QS-NTK at initialisation (training.linearised; docs/theory.md §7.3)",
-            ),
-        )
-        for part in ("train", "test")
-        if spec.training.linearised
     ]
     finite += [
         array_spec(
