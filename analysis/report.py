@@ -285,6 +285,8 @@ def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
             "Mean error against the step: finite widths, their linearisations, infinite width",
         )
         lines += _infinite_ensemble(data.sel(lr_factor=factor), at, floor)
+        if data.attrs["study"] != "fidelity" and "infidelity" in data["value"].values:
+            lines += _infidelities(data.sel(lr_factor=factor, value="infidelity"))
         rows = []
         for width in widths:
             one = at.sel(width=width)
@@ -330,6 +332,25 @@ def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
             "",
         ]
     return lines
+
+
+def _infidelities(point: xr.Dataset) -> list[str]:
+    """The mean infidelity to the target state (the exact ground state of a ground_state
+    sweep) against the logged step: infinite width, each width and its linearisations."""
+    steps = point["step"].values.tolist()
+    rows = [["infinite width", *point["infinite_values"].mean("member").values.tolist()]]
+    for width in point["width"].values.tolist():
+        one = point.sel(width=width)
+        rows.append([f"width {width}", *one["mean_values"].values.tolist()])
+        linearised = one["linearised_mean_values"].values
+        if np.isfinite(linearised).any():
+            rows.append([f"width {width}, linearised", *linearised.tolist()])
+    return [
+        "Mean infidelity to the target state against the step:",
+        "",
+        *markdown_table(["step", *map(str, steps)], rows),
+        "",
+    ]
 
 
 def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[str]:

@@ -151,6 +151,11 @@ def test_the_report_has_the_infinite_ensemble_and_the_width_table(
     assert "Final relative error per member (E_t - E_0) / |E_0|" in report
     assert "Kernel-preconditioned spectrum at the floor" in report
     assert "zero modes 2 (32 members)" in report
+    infidelities = report.split("Mean infidelity to the target state against the step:")[1]
+    rows = [line for line in infidelities.splitlines() if line.startswith("| width")][:4]
+    assert [row.split(" |")[0] for row in rows] == [
+        "| width 64", "| width 64, linearised", "| width 1024", "| width 1024, linearised",
+    ]  # fmt: skip
     rows = [line for line in report.splitlines() if line.startswith(("| 64 |", "| 1024 |"))]
     assert len(rows) == 2
     assert (ground_state.parent / "sweep.zarr.report" / "search-lr0.5.png").is_file()
