@@ -397,6 +397,15 @@ def _floor_rates(spectrum: np.ndarray, rate: float) -> str:
     )
     slow, fast = rate * slowest, rate * largest
     e_fold = -1.0 / (2.0 * np.log1p(-np.clip(slow, None, 1.0 - 1e-16)))
+    unstable = int(np.sum(fast >= 2.0))
+    warning = (
+        f" At this rate {unstable}/{fast.size} members have eta lambda_max >= 2 at the floor "
+        "state nearest their last function: unless their overlap with it grows (the "
+        "curvature falls as 1/|c|^2), gradient descent cannot settle there and the modes "
+        "beyond 2 grow from any perturbation, rounding included (docs/theory.md §7.1)."
+        if unstable
+        else ""
+    )
     return (
         f"Kernel-preconditioned spectrum at the floor (each infinite-width member at the floor "
         f"state nearest its last function, docs/theory.md §7.1): zero modes "
@@ -405,7 +414,7 @@ def _floor_rates(spectrum: np.ndarray, rate: float) -> str:
         f"{slow.min():.3g}..{slow.max():.3g}), fastest eta lambda_max {np.median(fast):.3g} "
         f"(median; largest {fast.max():.3g}; below 2 is stable); near the floor the error "
         f"falls by (1 - eta lambda_min)^2 a step: one e-fold in {np.median(e_fold):.3g} steps "
-        f"(median; {e_fold.max():.3g} for the slowest member)."
+        f"(median; {e_fold.max():.3g} for the slowest member).{warning}"
     )
 
 
