@@ -40,6 +40,10 @@ EXPECTED_TASKS = {
     "scale-tfim4x4": (2 * 1 * 2, 2),
     "paper-hubbard-rate": (4 * 1 * 4, 1),
     "ground-state-tfim": (1 * 4, 4),
+    "fidelity-tfim": (1 * 4, 4),
+    "tomography-tfim": (1 * 4, 4),
+    "ground-state-hubbard": (1 * 4, 4),
+    "paper-hubbard-linearised": (1 * 1 * 4, 2),
 }
 
 
@@ -201,10 +205,15 @@ def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
     assert parse_spec(spec.to_dict()).checkpoint == spec.checkpoint
 
 
-#: fingerprints measured with the hand-written checker of 922b348, before the spec's
-#: sections became msgspec structs: the stores made since must still be found
+#: the shipped specs' fingerprints (the older ones measured with the hand-written checker
+#: of 922b348, before the spec's sections became msgspec structs): the stores made with
+#: them must still be found
 FINGERPRINTS = {
     "ground-state-tfim": "b8c7ba1141682a3a3f281e9409de0c07c27488086e3b7d37488d00811925ebab",
+    "fidelity-tfim": "17f2c05b01aabd47e5bb6cb8e7964a93bca694dcd510cc4642e71acbdfde76ea",
+    "tomography-tfim": "7365a6e6a2c137e8feace94e2e3d195aa591fcc221386d56a996dd78049736b6",
+    "ground-state-hubbard": "49429337593ddb1bb9069bfd534e5f6de15cf65d7d36d4b12bf61962c295644b",
+    "paper-hubbard-linearised": "2d605c7a8610a54527a1a1bd0fadcb953ad170b612bf056ed086b8e4b6a78ac6",
     "paper-entanglement": "5dc44e10b1f89af655287494a284e3841a744204629c434f934683bb2db5d0fc",
     "paper-hubbard-rate": "2b08187676ee414dae0101fb9bbbee603488785aee25bfd72045a03891f6e269",
     "paper-hubbard": "ee0accf408737c7ce9393cc1d86639e7a39e9a10c3e1a3fe6b2d03391a513fe7",
