@@ -108,23 +108,29 @@ def linearisation_comparison(data: xr.Dataset) -> xr.Dataset:
     members and their linearisations against the infinite-width mean of the losses in
     exact discrete steps, per grid point, ``part`` (train, test) and logged step (NaN at
     step 0), each relative to that prediction: ``deviation`` ``|finite - infinite|``
-    (the finite members' mean), ``motion`` (the mean over the members of ``|member - its
-    linearisation|``: kernel motion) and ``fluctuation`` ``|linearised - infinite|`` (the
-    linearisations' mean: kernel fluctuation and sampling noise)."""
+    (the finite members' mean, as :func:`relative_deviations`), ``motion`` (the mean over
+    the members of ``|member - its linearisation|``: kernel motion) and ``fluctuation``
+    ``|linearised - infinite|`` (the linearisations' mean: kernel fluctuation and sampling
+    noise). A member that is not finite makes its means NaN (it is not averaged away)."""
     if "linearised_train_loss" not in data:
         raise ValueError("the store has no linearisations: run the sweep with training.linearised")
+    deviations = relative_deviations(data, "discrete")
     parts = []
     for part in ("train", "test"):
+        curve = f"{part}_mean_of_losses"
         members = data[f"member_{part}_loss"]
         linearised = data[f"linearised_{part}_loss"]
-        infinite = data["infinite_discrete"].sel(curve=f"{part}_mean_of_losses", drop=True)
+        infinite = data["infinite_discrete"].sel(curve=curve, drop=True)
         reference = infinite.where(data["step"] != data["step"][0])
+        motion = abs(members - linearised).mean("member", skipna=False)  # a diverged one shows
         parts.append(
             xr.Dataset(
                 {
-                    "deviation": relative_deviation(members.mean("member"), reference),
-                    "motion": abs(members - linearised).mean("member") / reference,
-                    "fluctuation": relative_deviation(linearised.mean("member"), reference),
+                    "deviation": deviations.sel(curve=curve, drop=True),
+                    "motion": motion / reference,
+                    "fluctuation": relative_deviation(
+                        linearised.mean("member", skipna=False), reference
+                    ),
                 }
             )
         )

@@ -34,7 +34,7 @@ from analysis.compare import (
     search_comparison,
     standard_error,
 )
-from suite.kernel_flow import spectrum_rates
+from suite.kernel_flow import contraction, spectrum_rates
 from suite.store import SweepStore
 from suite.supervised import CURVES, MIN_EXPONENT_WIDTHS, width_exponent
 
@@ -74,6 +74,7 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
     steps = data["step"].values.tolist()
     deviations = relative_deviations(data, "discrete")
     largest_all, errors_all = largest_deviations(data, "discrete")
+    linearisations = linearisation_comparison(data) if "linearised_train_loss" in data else None
     for size in data["train_size"].values.tolist():
         for factor in data["lr_factor"].values.tolist():
             point = {"train_size": size, "lr_factor": factor}
@@ -117,8 +118,8 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
                 out,
                 "Largest relative deviation against width",
             )
-            if "linearised_train_loss" in data:
-                lines += _linearisations(linearisation_comparison(data).sel(point), widths)
+            if linearisations is not None:
+                lines += _linearisations(linearisations.sel(point), widths)
     if data.sizes["train_size"] > 1:
         factor = data["lr_factor"].values[0]
         losses = figures.total_losses(data.sel(lr_factor=factor))
@@ -142,23 +143,27 @@ def _dynamics(data: xr.Dataset, out: Path) -> list[str]:
 
 def _linearisations(comparison: xr.Dataset, widths: list[Any]) -> list[str]:
     """Kernel motion and fluctuation at one grid point of a dynamics sweep: the train
-    losses at the last logged step, the test losses at their largest (docs/theory.md §7.3)."""
+    losses at the last logged step, the test losses at the step of their largest
+    deviation (docs/theory.md §7.3)."""
     last = comparison.sel(part="train").isel(step=-1)
-    test = comparison.sel(part="test").max("step")
+    test = comparison.sel(part="test")
     names = ("deviation", "motion", "fluctuation")
-    rows = [
-        [
-            width,
-            *(float(last[name].sel(width=width)) for name in names),
-            *(float(test[name].sel(width=width)) for name in names),
-        ]
-        for width in widths
-    ]
+    rows = []
+    for width in widths:
+        one = test.sel(width=width)
+        at = one.isel(step=int(one["deviation"].fillna(-np.inf).argmax("step")))
+        rows.append(
+            [
+                width,
+                *(float(last[name].sel(width=width)) for name in names),
+                *(float(at[name]) for name in names),
+            ]
+        )
     if len(widths) > 1:
         columns = list(zip(*rows, strict=True))[1:]
         rows.append(["exponent", *(exponent_cell(widths, column) for column in columns)])
     header = ["width", *(f"train {n}, last step" for n in names)]
-    header += [f"test {n}, largest" for n in names]
+    header += [f"test {n}, at its largest deviation" for n in names]
     return [
         "Finite members against their own linearisations (each evolved under its empirical "
         "QS-NTK at initialisation), the mean of the losses relative to the discrete-step "
@@ -338,7 +343,8 @@ def _infidelities(point: xr.Dataset) -> list[str]:
     """The mean infidelity to the target state (the exact ground state of a ground_state
     sweep) against the logged step: infinite width, each width and its linearisations."""
     steps = point["step"].values.tolist()
-    rows = [["infinite width", *point["infinite_values"].mean("member").values.tolist()]]
+    infinite = point["infinite_values"].mean("member", skipna=False)  # a diverged one shows
+    rows = [["infinite width", *infinite.values.tolist()]]
     for width in point["width"].values.tolist():
         one = point.sel(width=width)
         rows.append([f"width {width}", *one["mean_values"].values.tolist()])
@@ -390,20 +396,34 @@ def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[
 
 def _floor_rates(spectrum: np.ndarray, rate: float) -> str:
     """The kernel-preconditioned spectrum at the floor of the infinite-width members
-    (docs/theory.md §7.1): their zero modes, slowest and fastest rates."""
+    (docs/theory.md §7.1): their zero modes, slowest and fastest rates, and the steps per
+    e-fold of a quadratic loss near the floor (members without a spectrum are counted)."""
     zero_modes, slowest, largest = spectrum_rates(spectrum)
+    known = np.isfinite(largest)
+    if not known.any():
+        return "Kernel-preconditioned spectrum at the floor: no member has one (none is finite)."
+    zero_modes, slowest, largest = zero_modes[known], slowest[known], largest[known]
     counts = "; ".join(
         f"{count} ({int(np.sum(zero_modes == count))} members)" for count in np.unique(zero_modes)
     )
     slow, fast = rate * slowest, rate * largest
-    e_fold = -1.0 / (2.0 * np.log1p(-np.clip(slow, None, 1.0 - 1e-16)))
-    unstable = int(np.sum(fast >= 2.0))
+    factor = contraction(rate, slowest, largest)
+    converging = factor < 1
+    e_fold = -1.0 / (2.0 * np.log(factor[converging]))
+    missing = f" {int(np.sum(~known))} members have none (not finite)." if not known.all() else ""
+    settling = (
+        f"one e-fold in {np.median(e_fold):.3g} steps (median of the {int(converging.sum())} "
+        f"that converge; {e_fold.max():.3g} for the slowest)"
+        if converging.any()
+        else "no member converges"
+    )
     warning = (
-        f" At this rate {unstable}/{fast.size} members have eta lambda_max >= 2 at the floor "
-        "state nearest their last function: unless their overlap with it grows (the "
+        f" At this rate {int(np.sum(~converging))}/{factor.size} members have "
+        "max |1 - eta lambda| >= 1 at the floor state nearest their last function (eta "
+        "lambda_max >= 2 - eta lambda_min): unless their overlap with it grows (the "
         "curvature falls as 1/|c|^2), gradient descent cannot settle there and the modes "
-        "beyond 2 grow from any perturbation, rounding included (docs/theory.md §7.1)."
-        if unstable
+        "beyond grow from any perturbation, rounding included (docs/theory.md §7.1)."
+        if not converging.all()
         else ""
     )
     return (
@@ -412,9 +432,8 @@ def _floor_rates(spectrum: np.ndarray, rate: float) -> str:
         f"{counts} (2 are the norm and the phase; more are directions the kernel "
         f"cannot move); slowest rate eta lambda_min {np.median(slow):.3g} (median; "
         f"{slow.min():.3g}..{slow.max():.3g}), fastest eta lambda_max {np.median(fast):.3g} "
-        f"(median; largest {fast.max():.3g}; below 2 is stable); near the floor the error "
-        f"falls by (1 - eta lambda_min)^2 a step: one e-fold in {np.median(e_fold):.3g} steps "
-        f"(median; {e_fold.max():.3g} for the slowest member).{warning}"
+        f"(median; largest {fast.max():.3g}); near the floor the error falls by "
+        f"max |1 - eta lambda|^2 a step: {settling}.{missing}{warning}"
     )
 
 

@@ -222,7 +222,7 @@ class SweepSpec(Struct, frozen=True):
             if not isinstance(section, Section):
                 continue  # [target] is a plain table
             defaults = {
-                field.name: field.default
+                field.name: msgspec.to_builtins(field.default)
                 for field in msgspec.structs.fields(section)
                 if field.name in section.added_later
             }

@@ -312,7 +312,9 @@ def floor_spectrum(
     Near the floor one discrete step multiplies the error's component along eigenvector
     ``k`` by ``1 - eta lambda_k``: the zero eigenvalues are directions that do not move
     (the norm and phase, and any the kernel cannot reach), the smallest positive one sets
-    the asymptotic rate. Dense, up to :data:`SPECTRUM_DIMENSION` basis states.
+    the asymptotic rate while ``eta lambda_max <= 2 - eta lambda_min``. A member that is
+    not finite (diverged) or has no overlap with the floor gets a row of NaN. Dense, up
+    to :data:`SPECTRUM_DIMENSION` basis states.
     """
     floor = np.asarray(floor_state, dtype=np.complex128)
     psi = np.asarray(psi, dtype=np.complex128)
@@ -326,11 +328,12 @@ def floor_spectrum(
             f"basis states, got {floor.size} (kernel dimension {kernel.dimension})"
         )
     overlaps = psi @ floor.conj() / np.vdot(floor, floor).real
-    if not np.all(np.abs(overlaps) > 0):
-        raise ValueError("psi has a member with no overlap with floor_state")
-    return np.stack(
-        [np.asarray(_floor_spectrum(kernel, loss, jnp.asarray(c * floor))) for c in overlaps]
-    )
+    spectra = np.full((psi.shape[0], 2 * floor.size), np.nan)
+    for member, overlap in enumerate(overlaps):
+        if np.isfinite(overlap) and abs(overlap) > 0:
+            nearest = jnp.asarray(overlap * floor)
+            spectra[member] = np.asarray(_floor_spectrum(kernel, loss, nearest))
+    return spectra
 
 
 #: an eigenvalue of the floor spectrum within this fraction of the largest is a zero mode
@@ -340,9 +343,17 @@ ZERO_MODE_RTOL = 1e-10
 def spectrum_rates(spectrum: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per member of a :func:`floor_spectrum` ``(..., 2D)``: the number of zero modes
     (``|lambda| <= ZERO_MODE_RTOL * lambda_max``), the smallest positive eigenvalue beyond
-    them (the asymptotic rate over ``eta``) and the largest."""
+    them and the largest (NaN, and no zero modes, for a member without a spectrum)."""
     spectrum = np.asarray(spectrum, dtype=np.float64)
     largest = spectrum.max(axis=-1)
     zero = np.abs(spectrum) <= ZERO_MODE_RTOL * largest[..., None]
     positive = np.where(zero | (spectrum < 0), np.inf, spectrum)
-    return zero.sum(axis=-1), positive.min(axis=-1), largest
+    smallest = np.where(np.isnan(largest), np.nan, positive.min(axis=-1))
+    return zero.sum(axis=-1), smallest, largest
+
+
+def contraction(learning_rate: float, smallest: np.ndarray, largest: np.ndarray) -> np.ndarray:
+    """``max_k |1 - eta lambda_k|`` over the positive eigenvalues of a floor spectrum (the
+    extremes suffice): one step near the floor multiplies the error's amplitude by at
+    most this, so a quadratic loss falls by its square a step; 1 or more does not converge."""
+    return np.maximum(np.abs(1 - learning_rate * smallest), np.abs(1 - learning_rate * largest))

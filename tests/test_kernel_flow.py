@@ -15,6 +15,7 @@ from suite import member_flow
 from suite.hilbert import HubbardBasis, SpinBasis
 from suite.kernel_flow import (
     basis_kernels,
+    contraction,
     floor_spectrum,
     infinite_ensemble,
     kernel_flow,
@@ -263,10 +264,11 @@ def test_the_smallest_positive_rate_sets_the_asymptotic_convergence() -> None:
     log = kernel_flow(ntk, loss, psi0, rate, steps)
     spectrum = floor_spectrum(ntk, loss, ground_state, np.asarray(log.final))
     errors = (log.values["loss"] - ground_energy) / abs(ground_energy)
-    zero_modes, slowest, _ = spectrum_rates(spectrum)
-    assert np.all(zero_modes == 2)
+    zero_modes, slowest, largest = spectrum_rates(spectrum)
+    factor = contraction(rate, slowest, largest)
+    assert np.all(zero_modes == 2) and np.allclose(factor, 1 - rate * slowest, rtol=1e-15)
     for member in range(psi0.shape[0]):
-        predicted = 2 * math.log(1 - rate * slowest[member])
+        predicted = 2 * math.log(factor[member])
         resolved = errors[:, member] > 1e-11
         near = resolved & (errors[:, member] < 1e-5)
         assert not resolved[-1] and near.sum() >= 3  # the windows are there, and it converges
@@ -276,13 +278,16 @@ def test_the_smallest_positive_rate_sets_the_asymptotic_convergence() -> None:
         assert measured.max() == pytest.approx(predicted, rel=0.1)
 
 
-def test_floor_spectrum_refuses_bad_arguments_by_name() -> None:
+def test_floor_spectrum_refuses_bad_arguments_and_skips_diverged_members() -> None:
     loss, _, ground_state = _energy_case(Lattice(2, 2, periodic=True), 3.0)
     _, ntk = basis_kernels(RELU, SpinBasis(4).inputs())
     with pytest.raises(ValueError, match=r"floor_state must be \(D,\) and psi \(M, D\)"):
         floor_spectrum(ntk, loss, ground_state, np.ones(16))
-    with pytest.raises(ValueError, match="no overlap with floor_state"):
-        floor_spectrum(ntk, loss, ground_state, np.zeros((1, 16)))
+    diverged = np.stack([np.zeros(16), np.full(16, np.nan), ground_state]).astype(complex)
+    spectrum = floor_spectrum(ntk, loss, ground_state, diverged)  # no overlap, not finite
+    assert np.isnan(spectrum[:2]).all() and np.isfinite(spectrum[2]).all()
+    zero_modes, slowest, largest = spectrum_rates(spectrum)
+    assert np.isnan(slowest[:2]).all() and np.isnan(largest[:2]).all() and zero_modes[2] == 2
     with pytest.raises(ValueError, match="floor_state must have the kernel's dimension"):
         floor_spectrum(ntk, loss, np.ones(8), np.ones((1, 8)))
 

@@ -21,6 +21,7 @@ from jobs.spec import (
 from suite.member_flow import KERNEL_ROUTE_DIMENSION
 from suite.store import ArraySpec, Region, SweepStore
 from suite.training import SUMS
+from suite.training.engines import flops_per_member_step
 
 NAN = float("nan")
 
@@ -276,3 +277,20 @@ def linearisation_bytes(dimension: int, members: int, width: int, depth: int) ->
     per hidden layer)."""
     per_state = dimension if dimension <= KERNEL_ROUTE_DIMENSION else members * width * depth
     return 4 * 8 * dimension * per_state
+
+
+def linearisation_flops(
+    dimension: int, members: int, width: int, n_sites: int, depth: int, parameters: int
+) -> tuple[float, float]:
+    """Floating-point work of a shard's linearisations
+    (:func:`suite.member_flow.linearised_flows`), once and per step: on a basis of up to
+    ``suite.member_flow.KERNEL_ROUTE_DIMENSION`` states each member's ``2D x 2D``
+    empirical kernel once (``8 D^2 P``) and a ``2D x 2D`` product a step (``8 D^2``);
+    beyond, a JVP and its transpose through the network on the whole basis a step (a
+    training step on ``D`` points, :func:`suite.training.engines.flops_per_member_step`,
+    and ``12 D n^2`` for each further hidden layer)."""
+    if dimension <= KERNEL_ROUTE_DIMENSION:
+        return members * 8.0 * dimension**2 * parameters, members * 8.0 * dimension**2
+    step = flops_per_member_step(dimension, width, n_sites)
+    step += 12.0 * dimension * width * width * (depth - 1)
+    return 0.0, members * step

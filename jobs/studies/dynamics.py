@@ -5,8 +5,10 @@ train sets, their infinite-width QS-NTK spectra, the learning rates (``lr_factor
 eta_max``), the logged steps (a log grid up to the latest infinite-width convergence,
 capped by ``training.max_steps``) and the infinite-width loss curves (continuous time,
 exact discrete steps, and t = inf). A task trains ``shard_size`` members by full-batch
-GD (:func:`suite.training.train_ensemble`) and writes their losses and the shard's
-sufficient statistics at the logged steps; aggregating a grid point gives the ensemble
+GD (:func:`suite.training.train_ensemble`) and writes their losses (with
+``training.linearised`` also those of each member's linearisation,
+:func:`suite.member_flow.linearised_flows`) and the shard's sufficient statistics at the
+logged steps; aggregating a grid point gives the ensemble
 mean and variance of ``psi`` and the four loss curves (:func:`suite.training.summarize`),
 and the delete-a-shard jackknife errors of the debiased losses of the mean.
 """
@@ -41,6 +43,7 @@ from jobs.studies.base import (
     grid_point_count,
     grid_value,
     linearisation_bytes,
+    linearisation_flops,
     shard_total,
     training_itemsize,
     write_shard_sums,
@@ -195,9 +198,9 @@ class Dynamics(Study):
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """GD steps (:func:`suite.training.engines.flops_per_member_step`, and ``12 B n^2``
-        per step and member for each further hidden layer), as much again for the
-        linearisations with ``training.linearised``, and the evaluations on the basis at the
-        logged steps."""
+        per step and member for each further hidden layer), with ``training.linearised``
+        the linearisations (:func:`jobs.studies.base.linearisation_flops`), and the
+        evaluations on the basis at the logged steps."""
         grid = grid_value(spec, task)
         basis = target_basis(spec)
         width, train, depth = grid["width"], grid["train_size"], spec.network.depth
@@ -207,9 +210,14 @@ class Dynamics(Study):
         per_step = members * member_step
         logs = spec.training.log_points + 1
         evaluations = members * logs * forward_flop(basis.dimension, width, basis.n_sites, depth)
-        per_step *= 2 if spec.training.linearised else 1
+        once = 0.0
+        if spec.training.linearised:
+            once, linear = linearisation_flops(
+                basis.dimension, members, width, basis.n_sites, depth, parameter_count(spec, width)
+            )
+            per_step += linear
         steps = spec.training.max_steps
-        return TaskCost(per_step * steps + evaluations if steps else None, per_step)
+        return TaskCost(per_step * steps + once + evaluations if steps else None, per_step)
 
     def checkpoint_bytes(self, spec: SweepSpec) -> int:
         """Two saved states of a shard at the widest width, and its logs

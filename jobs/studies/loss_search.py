@@ -59,6 +59,7 @@ from jobs.studies.base import (
     grid_point_count,
     grid_value,
     linearisation_bytes,
+    linearisation_flops,
     shard_total,
     training_itemsize,
     write_shard_sums,
@@ -240,19 +241,21 @@ class LossSearch(Study):
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """Per step and member, an update on every basis state
         (:func:`suite.training.engines.flops_per_member_step` with ``B = D``, and ``12 D
-        n^2`` for each further hidden layer), and as much again for its linearisation (a
-        JVP and its transpose) with ``search.linearised``. The infinite-width ensemble is
-        prepared with the store, not by a task."""
+        n^2`` for each further hidden layer), and with ``search.linearised`` the
+        linearisations (:func:`jobs.studies.base.linearisation_flops`). The infinite-width
+        ensemble is prepared with the store, not by a task."""
         basis = target_basis(spec)
-        width = grid_value(spec, task)["width"]
-        per_step = (task.stop - task.start) * flops_per_member_step(
-            basis.dimension, width, basis.n_sites
-        )
-        per_step += (task.stop - task.start) * (
-            12.0 * basis.dimension * width * width * (spec.network.depth - 1)
-        )
-        per_step *= 2 if spec.search.linearised else 1
-        return TaskCost(per_step * spec.search.steps, per_step)
+        width, members = grid_value(spec, task)["width"], task.stop - task.start
+        depth = spec.network.depth
+        per_step = members * flops_per_member_step(basis.dimension, width, basis.n_sites)
+        per_step += members * 12.0 * basis.dimension * width * width * (depth - 1)
+        once = 0.0
+        if spec.search.linearised:
+            once, linear = linearisation_flops(
+                basis.dimension, members, width, basis.n_sites, depth, parameter_count(spec, width)
+            )
+            per_step += linear
+        return TaskCost(per_step * spec.search.steps + once, per_step)
 
     def checkpoint_bytes(self, spec: SweepSpec) -> int:
         """Two saved states of a shard at the widest width, and its logs of every value
