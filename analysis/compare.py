@@ -158,7 +158,8 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     to the infinite error: ``deviation`` ``|finite - infinite|``, ``deviation_sem``
     (the two standard errors combined), ``fluctuation`` ``|linearised - infinite|``
     (kernel fluctuation and sampling noise) and ``motion`` (the mean of ``|member - its
-    linearisation|``: kernel motion).
+    linearisation|``: kernel motion); with ``search.continuous``, ``infinite_continuous``:
+    the infinite-width mean error in continuous time.
     """
     floor = float(data["loss_floor"])
     floor = 0.0 if np.isnan(floor) else floor
@@ -172,8 +173,13 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     steps = data["step"]
     resolved = (steps != steps[0]) & (infinite > RESOLVED_FRACTION * infinite.isel(step=0))
     reference = infinite.where(resolved)
+    optional = {}
+    if "infinite_continuous_values" in data:
+        continuous = loss["infinite_continuous_values"] - floor
+        optional["infinite_continuous"] = continuous.mean("member", skipna=False)
     return xr.Dataset(
         {
+            **optional,
             "infinite": infinite,
             "infinite_sem": infinite_sem,
             "finite": finite,

@@ -353,6 +353,11 @@ def search_figure(comparison: xr.Dataset, factor: float) -> Figure:
                 label=f"width {width}, linearised",
             )  # fmt: skip
     axis.plot(shifted, at["infinite"].values, "k-", lw=1.5, label="infinite width")
+    if "infinite_continuous" in at:
+        axis.plot(
+            shifted, at["infinite_continuous"].values, "k--", lw=1,
+            label="infinite width, continuous time",
+        )  # fmt: skip
     axis.set_xscale("log")
     axis.set_yscale("log")
     plain_log_labels(axis.xaxis)

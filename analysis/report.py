@@ -372,6 +372,16 @@ def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[
         f"step 0, {infinite[-1]:.4g} at step {steps[-1]}; below {RESOLVED_FRACTION:g} of its "
         f"start: {converged}.",
     ]
+    if "infinite_continuous" in at:
+        continuous = at["infinite_continuous"].values
+        resolved = (steps != steps[0]) & (infinite > RESOLVED_FRACTION * infinite[0])
+        gap = np.abs(infinite - continuous)[resolved] / continuous[resolved]
+        largest = f"at most {gap.max():.3g}" if gap.size else "nothing (no step resolved)"
+        paragraphs.append(
+            f"In continuous time (gradient flow, t counting steps) the mean error is "
+            f"{continuous[-1]:.4g} at step {steps[-1]}; relative to it, the discrete steps' "
+            f"mean error differs by {largest} over the resolved steps."
+        )
     if np.isfinite(floor) and floor != 0:
         final = np.abs(point["infinite_values"].sel(value="loss").values[:, -1] - floor)
         relative = final / abs(floor)

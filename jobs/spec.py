@@ -11,7 +11,7 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
                    widths, architectures, cosnet_s0     (entanglement)
     [ensemble]     members, shard_size
     [training]     log_points, max_steps, tolerance, target_scale, linearised (dynamics)
-    [search]       steps, log_points, linearised, bases, shots
+    [search]       steps, log_points, linearised, bases, shots, continuous
                    (ground_state, fidelity, tomography)
     [entanglement] n_sites, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
     [kernels]      full, block                          (kernels, dynamics)
@@ -151,15 +151,19 @@ class Training(Section):
 class Search(Section):
     """Training on a whole-basis loss (ground_state, fidelity, tomography studies;
     docs/theory.md §7): ``steps`` gradient-descent steps logged at ``log_points`` steps
-    (log-spaced from 0), the per-member linearisations with ``linearised``, and for
+    (log-spaced from 0), the per-member linearisations with ``linearised``, the
+    infinite-width ensemble also in continuous time with ``continuous``, and for
     tomography the measurement ``bases`` besides all-Z and all-X (strings of X, Y, Z, one
     letter per site) and ``shots`` per basis (0: the exact Born distributions)."""
+
+    added_later = ("continuous",)
 
     steps: Annotated[int, Meta(ge=1, le=10**7)] = 1000
     log_points: Annotated[int, Meta(ge=2, le=1000)] = 16
     linearised: bool = True
     bases: tuple[str, ...] = ()
     shots: Annotated[int, Meta(ge=0, le=10**9)] = 0
+    continuous: bool = False
 
 
 class Entanglement(Section):

@@ -189,14 +189,18 @@ linearised = {linearised}
 
 @pytest.mark.parametrize(
     ("study", "linearised", "extra"),
-    [("fidelity", "true", ""), ("tomography", "false", 'bases = ["ZXZX"]\nshots = 5000')],
+    [
+        ("fidelity", "true", "continuous = true"),
+        ("tomography", "false", 'bases = ["ZXZX"]\nshots = 5000'),
+    ],
 )
 def test_fidelity_and_tomography_sweeps_learn_their_target(
     study: str, linearised: str, extra: str, tmp_path: Path
 ) -> None:
     """Finite and infinite width: the mean loss and the infidelity to the target (the
     fidelity study's loss, a logged observable of tomography) fall to below half their
-    start; without linearisations their values are NaN."""
+    start; without linearisations their values are NaN; with search.continuous the store
+    holds the infinite-width gradient flow as the library computes it (to 1e-10)."""
     text = SMALL.format(study=study, linearised=linearised, extra=extra)
     data = xr.open_zarr(run_sweep(tmp_path, text))
     floor = float(data["loss_floor"])  # unknown with shot frequencies
@@ -212,6 +216,17 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
     linear = data["linearised_values"].values
     assert np.all(np.isnan(linear)) if linearised == "false" else np.all(np.isfinite(linear))
     assert ("floor_spectrum" in data) == (study == "fidelity")  # the floor is known
+    if study == "fidelity":  # search.continuous: the gradient flow as the library gives it
+        nngp, ntk = walsh_kernels(mlp_nnqs("decoupled", "relu", 1, 256), 4)
+        target = Infidelity(jnp.asarray(data["target_state"].values))
+        rate = float(data["learning_rate"].values[0])
+        flow = infinite_ensemble(nngp, ntk, target, 0, 8, rate, data["step"].values, discrete=False)
+        stored = data["infinite_continuous_values"].isel(lr_factor=0).sel(value="loss").values
+        assert np.allclose(stored, flow.values["loss"].T, rtol=1e-10)
+        report = (tmp_path / "sweep.zarr.report" / "report.md").read_text()
+        assert "In continuous time (gradient flow, t counting steps)" in report
+    else:
+        assert "infinite_continuous_values" not in data
 
 
 def test_a_hubbard_ground_state_sweep_runs_on_the_dense_route(tmp_path: Path) -> None:

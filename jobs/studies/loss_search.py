@@ -18,15 +18,16 @@ infinite-width kernels on the basis (Walsh-Hadamard on spins, dense on a Hubbard
 sector), the learning-rate bound ``eta_max`` at the ensemble's NNGP draws (§7.1; the
 rate is ``lr_factor x eta_max``), the logged steps, the infinite-width ensemble:
 ``members`` NNGP draws (member ``i`` from ``(seed, i)``) in exact discrete steps at the
-finite networks' rate, and (up to ``suite.kernel_flow.SPECTRUM_DIMENSION`` basis states,
-a known floor) the kernel-preconditioned spectrum at the floor state nearest each draw's
-last function, whose smallest positive eigenvalue sets its asymptotic rate. A task
-trains ``shard_size`` members at one grid point (:func:`suite.training.train_on_loss`)
-and, with ``search.linearised``, evolves each under its own empirical QS-NTK at
-initialisation (:func:`suite.member_flow.linearised_flows`);
-it writes their logged values and the shard's sums of ``psi``. Aggregating a point gives
-the members' mean of each value, the linearisations' mean, the kernel motion (each member
-against its own linearisation) and the ensemble mean of psi.
+finite networks' rate (with ``search.continuous`` also in continuous time), and (up to
+``suite.kernel_flow.SPECTRUM_DIMENSION`` basis states, a known floor) the
+kernel-preconditioned spectrum at the floor state nearest each draw's last function,
+which sets its asymptotic rate. A task trains ``shard_size`` members at one grid point
+(:func:`suite.training.train_on_loss`) and, with ``search.linearised``, evolves each
+under its own empirical QS-NTK at initialisation
+(:func:`suite.member_flow.linearised_flows`); it writes their logged values and the
+shard's sums of ``psi``. Aggregating a point gives the members' mean of each value, the
+linearisations' mean, the kernel motion (each member against its own linearisation) and
+the ensemble mean of psi.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class LossSearch(Study):
         infinite = np.full((rates.size, len(names), members, steps.size), NAN)
         stable = np.zeros((rates.size, members), dtype=bool)
         with_spectrum = _has_spectrum(spec)
-        spectra = []
+        spectra, continuous = [], []
         for r, rate in enumerate(rates):
             log = infinite_ensemble(
                 nngp, ntk, problem.loss, seed, members, float(rate), steps,
@@ -174,6 +175,12 @@ class LossSearch(Study):
             stable[r] = log.stable
             if with_spectrum:
                 spectra.append(floor_spectrum(ntk, problem.loss, state, log.final))
+            if spec.search.continuous:
+                flow = infinite_ensemble(
+                    nngp, ntk, problem.loss, seed, members, float(rate), steps, discrete=False,
+                    observables=problem.observables, chunk=INFINITE_CHUNK,
+                )  # fmt: skip
+                continuous.append(np.stack([flow.values[name].T for name in names]))
         coords, initial = grid_coordinates(spec)
         for name, values, about in (
             ("step", steps, None),
@@ -194,6 +201,8 @@ class LossSearch(Study):
         )
         if with_spectrum:
             initial["floor_spectrum"] = np.stack(spectra)
+        if spec.search.continuous:
+            initial["infinite_continuous_values"] = np.stack(continuous)
         arrays = coords + self._arrays(spec, inputs.shape, len(names), steps.size)
         return Layout(arrays, initial, {"loss": self.describes}, [])
 
@@ -274,10 +283,12 @@ class LossSearch(Study):
         bytes a state), on a Hubbard sector the dense ``2D x 2D`` kernels (the Gram
         blocks, the kernels, their roots and the eigendecomposition: about eight such
         float64 arrays), and per chunk of :data:`INFINITE_CHUNK` draws about 16 complex
-        ``(chunk, D)`` arrays (draws, flow state, gradients, curvature iterates); the
-        infinite values of every learning rate; with the floor spectrum, the members' final
-        functions and one member's dense ``2D x 2D`` preconditioned Hessian with its
-        eigensolver's work (about six such float64 arrays) and the spectra. A shard: its
+        ``(chunk, D)`` arrays (draws, flow state, gradients, curvature iterates; 10 more
+        for the Dormand-Prince stages with ``search.continuous``); the infinite values of
+        every learning rate (twice with ``search.continuous``); with the floor spectrum,
+        the members' final functions and one member's dense ``2D x 2D`` preconditioned
+        Hessian with its eigensolver's work (about six such float64 arrays) and the
+        spectra. A shard: its
         parameters three times, the engine's blocks (``suite.training.BLOCK_ELEMENTS`` per
         lane, three per hidden layer), its outputs on the basis and their gradient (four
         real ``m x D``), the shard's sums (``5 x steps x D`` three times), and the
@@ -298,8 +309,9 @@ class LossSearch(Study):
             spectrum += 6 * 8 * (2 * dimension) ** 2
         preparation = (
             BASELINE_BYTES + 24 * dimension * (n_sites + 8) + dense
-            + 16 * 16 * chunk * dimension + spectrum
+            + 16 * (26 if spec.search.continuous else 16) * chunk * dimension + spectrum
             + 8 * len(spec.grid.lr_factors) * values * members * steps
+            * (2 if spec.search.continuous else 1)
         )  # fmt: skip
         intermediates = 3 * depth * 2 * usable_cores() * BLOCK_ELEMENTS * itemsize
         parameters = 3 * itemsize * size * parameter_count(spec, width)
@@ -389,6 +401,23 @@ class LossSearch(Study):
                     "each NNGP draw's values under the infinite-width QS-NTK in exact "
                     f"discrete steps at the finite networks' rate {logged}",
                 ),
+            ),
+            *(
+                [
+                    array_spec(
+                        "infinite_continuous_values",
+                        {"lr_factor": n_r, "value": n_v, "member": n_m, "step": n_l},
+                        (1, n_v, n_m, n_l),
+                        about=About(
+                            "infinite-width member's value, continuous time", "1",
+                            "each NNGP draw's values under the infinite-width QS-NTK in "
+                            "continuous time (gradient flow, t counting steps at the finite "
+                            f"networks' rate; search.continuous) {logged}",
+                        ),
+                    )
+                ]
+                if spec.search.continuous
+                else []
             ),
             array_spec(
                 "infinite_stable", {"lr_factor": n_r, "member": n_m}, (n_r, n_m), "|b1",
