@@ -335,7 +335,8 @@ def scaling_figure(tables: Mapping[str, Mapping[str, Any]]) -> Figure:
 def search_figure(comparison: xr.Dataset, factor: float) -> Figure:
     """A loss study at learning-rate factor ``factor``: the mean error against the step,
     finite widths (± standard error) and their linearisations against the infinite-width
-    ensemble (:func:`analysis.compare.search_comparison`)."""
+    ensemble, in continuous time too where the store has it
+    (:func:`analysis.compare.search_comparison`)."""
     at = comparison.sel(lr_factor=factor)
     shifted = at["step"].values.astype(float) + 1  # log axis: step 0 at 1
     widths = at["width"].values.tolist()

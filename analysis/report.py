@@ -150,8 +150,11 @@ def _linearisations(comparison: xr.Dataset, widths: list[Any]) -> list[str]:
     names = ("deviation", "motion", "fluctuation")
     rows = []
     for width in widths:
-        one = test.sel(width=width)
-        at = one.isel(step=int(one["deviation"].fillna(-np.inf).argmax("step")))
+        one = test.sel(width=width).isel(step=slice(1, None))
+        if one["deviation"].isnull().any():  # a member diverged: no step to read it at
+            at = one.isel(step=-1) * np.nan
+        else:
+            at = one.isel(step=int(one["deviation"].argmax("step")))
         rows.append(
             [
                 width,
@@ -287,7 +290,8 @@ def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
         lines += _image(
             figures.save(figures.search_figure(comparison, factor), out, f"search-lr{factor:g}"),
             out,
-            "Mean error against the step: finite widths, their linearisations, infinite width",
+            "Mean error against the step: finite widths, their linearisations, infinite width "
+            "(and its continuous-time flow with search.continuous)",
         )
         lines += _infinite_ensemble(data.sel(lr_factor=factor), at, floor)
         if data.attrs["study"] != "fidelity" and "infidelity" in data["value"].values:
@@ -374,13 +378,17 @@ def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[
     ]
     if "infinite_continuous" in at:
         continuous = at["infinite_continuous"].values
-        resolved = (steps != steps[0]) & (infinite > RESOLVED_FRACTION * infinite[0])
+        resolved = (steps != steps[0]) & (continuous > RESOLVED_FRACTION * continuous[0])
         gap = np.abs(infinite - continuous)[resolved] / continuous[resolved]
-        largest = f"at most {gap.max():.3g}" if gap.size else "nothing (no step resolved)"
+        if not np.isfinite(infinite).all():
+            largest = "an undefined amount (a discrete member is not finite)"
+        else:
+            largest = f"at most {gap.max():.3g}" if gap.size else "nothing (no step resolved)"
         paragraphs.append(
             f"In continuous time (gradient flow, t counting steps) the mean error is "
             f"{continuous[-1]:.4g} at step {steps[-1]}; relative to it, the discrete steps' "
-            f"mean error differs by {largest} over the resolved steps."
+            f"mean error differs by {largest} over the steps where it is above "
+            f"{RESOLVED_FRACTION:g} of its start."
         )
     if np.isfinite(floor) and floor != 0:
         final = np.abs(point["infinite_values"].sel(value="loss").values[:, -1] - floor)
@@ -430,9 +438,9 @@ def _floor_rates(spectrum: np.ndarray, rate: float) -> str:
     warning = (
         f" At this rate {int(np.sum(~converging))}/{factor.size} members have "
         "max |1 - eta lambda| >= 1 at the floor state nearest their last function (eta "
-        "lambda_max >= 2 - eta lambda_min): unless their overlap with it grows (the "
-        "curvature falls as 1/|c|^2), gradient descent cannot settle there and the modes "
-        "beyond grow from any perturbation, rounding included (docs/theory.md §7.1)."
+        "lambda_max >= 2): unless their overlap with it grows (the curvature falls as "
+        "1/|c|^2), gradient descent cannot settle there and the modes with eta lambda > 2 "
+        "grow from any perturbation, rounding included (docs/theory.md §7.1)."
         if not converging.all()
         else ""
     )

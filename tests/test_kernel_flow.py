@@ -266,7 +266,7 @@ def test_the_smallest_positive_rate_sets_the_asymptotic_convergence() -> None:
     errors = (log.values["loss"] - ground_energy) / abs(ground_energy)
     zero_modes, slowest, largest = spectrum_rates(spectrum)
     factor = contraction(rate, slowest, largest)
-    assert np.all(zero_modes == 2) and np.allclose(factor, 1 - rate * slowest, rtol=1e-15)
+    assert np.all(zero_modes == 2) and np.allclose(factor, 1 - rate * slowest, rtol=1e-15, atol=0)
     for member in range(psi0.shape[0]):
         predicted = 2 * math.log(factor[member])
         resolved = errors[:, member] > 1e-11

@@ -193,6 +193,14 @@ def test_a_field_added_later_enters_the_fingerprint_only_off_its_default() -> No
     assert linearised.fingerprint() != base
     assert linearised.science()["training"]["linearised"] is True
     assert parse_spec(linearised.to_dict()).fingerprint() == linearised.fingerprint()
+    # search.continuous came after loss-study stores existed: the same for the shipped one
+    shipped = load_spec("ground-state-tfim")
+    data = shipped.to_dict()
+    assert FINGERPRINTS["ground-state-tfim"] == shipped.fingerprint()
+    data["search"]["continuous"] = False
+    assert parse_spec(data).fingerprint() == shipped.fingerprint()
+    data["search"]["continuous"] = True
+    assert parse_spec(data).fingerprint() != shipped.fingerprint()
 
 
 def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
