@@ -14,9 +14,11 @@ import zarr
 from suite.store import MANIFEST
 
 
-def tiny_dynamics(name: str, seed: int, widths: list[int], max_steps: int) -> str:
+def tiny_dynamics(
+    name: str, seed: int, widths: list[int], max_steps: int, lr_factor: float = 0.5
+) -> str:
     """A dynamics spec small enough for a test: TFIM 2x3 (64 states), B = 12, 8 members in
-    shards of 2, float64 (so runs compare bit for bit)."""
+    shards of 2, float64 (so runs compare bit for bit); ``lr_factor`` 0.5 is the default."""
     return f"""
 [sweep]
 name = "{name}"
@@ -30,6 +32,7 @@ ly = 3
 [grid]
 widths = {widths}
 train_sizes = [12]
+lr_factors = [{lr_factor}]
 [ensemble]
 members = 8
 shard_size = 2

@@ -148,27 +148,7 @@ def _queue(job: str) -> str:
 #: the tiny sweep with tasks of a few seconds (10^6 steps at a small rate), so that an
 #: array element is still on its first task when scancel reaches it, however fast the
 #: machine (the 30-step tasks of ``_spec`` take 0.06 s here after compilation)
-SLOW_TASKS = """
-[sweep]
-name = "tiny-slurm-cancel"
-study = "dynamics"
-seed = 5
-dtype = "float64"
-[target]
-model = "tfim"
-lx = 2
-ly = 3
-[grid]
-widths = [16, 32]
-train_sizes = [12]
-lr_factors = [0.0001]
-[ensemble]
-members = 8
-shard_size = 2
-[training]
-log_points = 5
-max_steps = 1000000
-"""
+SLOW_TASKS = tiny_dynamics("tiny-slurm-cancel", 5, [16, 32], 10**6, lr_factor=0.0001)
 
 
 @pytest.mark.slurm
