@@ -279,6 +279,13 @@ def linearisation_bytes(dimension: int, members: int, width: int, depth: int) ->
     return 4 * 8 * dimension * per_state
 
 
+def member_step_flops(points: int, width: int, n_sites: int, depth: int) -> float:
+    """Floating-point work of one member's gradient-descent step on ``points`` basis
+    states: :func:`suite.training.engines.flops_per_member_step` for the first hidden layer
+    and ``12 B n^2`` for each further one."""
+    return flops_per_member_step(points, width, n_sites) + 12.0 * points * width**2 * (depth - 1)
+
+
 def linearisation_flops(
     dimension: int, members: int, width: int, n_sites: int, depth: int, parameters: int
 ) -> tuple[float, float]:
@@ -287,10 +294,7 @@ def linearisation_flops(
     ``suite.member_flow.KERNEL_ROUTE_DIMENSION`` states each member's ``2D x 2D``
     empirical kernel once (``8 D^2 P``) and a ``2D x 2D`` product a step (``8 D^2``);
     beyond, a JVP and its transpose through the network on the whole basis a step (a
-    training step on ``D`` points, :func:`suite.training.engines.flops_per_member_step`,
-    and ``12 D n^2`` for each further hidden layer)."""
+    training step on ``D`` points, :func:`member_step_flops`)."""
     if dimension <= KERNEL_ROUTE_DIMENSION:
         return members * 8.0 * dimension**2 * parameters, members * 8.0 * dimension**2
-    step = flops_per_member_step(dimension, width, n_sites)
-    step += 12.0 * dimension * width * width * (depth - 1)
-    return 0.0, members * step
+    return 0.0, members * member_step_flops(dimension, width, n_sites, depth)

@@ -44,6 +44,7 @@ from jobs.studies.base import (
     grid_value,
     linearisation_bytes,
     linearisation_flops,
+    member_step_flops,
     shard_total,
     training_itemsize,
     write_shard_sums,
@@ -75,7 +76,6 @@ from suite.training import (
     summarize,
     train_ensemble,
 )
-from suite.training.engines import flops_per_member_step
 
 #: the dynamics aggregation's per-step curves (docs/theory.md §5; suite.training.EnsembleSummary)
 AGGREGATED_CURVES = (
@@ -197,16 +197,15 @@ class Dynamics(Study):
             store.write(f"{name}_sem", (*at, slice(None)), values[None, None, None])
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
-        """GD steps (:func:`suite.training.engines.flops_per_member_step`, and ``12 B n^2``
-        per step and member for each further hidden layer), with ``training.linearised``
-        the linearisations (:func:`jobs.studies.base.linearisation_flops`), and the
-        evaluations on the basis at the logged steps."""
+        """GD steps (:func:`jobs.studies.base.member_step_flops` on the ``B`` train points
+        per step and member), with ``training.linearised`` the linearisations
+        (:func:`jobs.studies.base.linearisation_flops`), and the evaluations on the basis at
+        the logged steps."""
         grid = grid_value(spec, task)
         basis = target_basis(spec)
         width, train, depth = grid["width"], grid["train_size"], spec.network.depth
         members = task.stop - task.start
-        member_step = flops_per_member_step(train, width, basis.n_sites)
-        member_step += 12.0 * train * width * width * (depth - 1)
+        member_step = member_step_flops(train, width, basis.n_sites, depth)
         per_step = members * member_step
         logs = spec.training.log_points + 1
         evaluations = members * logs * forward_flop(basis.dimension, width, basis.n_sites, depth)

@@ -61,6 +61,7 @@ from jobs.studies.base import (
     grid_value,
     linearisation_bytes,
     linearisation_flops,
+    member_step_flops,
     shard_total,
     training_itemsize,
     write_shard_sums,
@@ -87,7 +88,6 @@ from suite.targets import (
     make_spec,
 )
 from suite.training import BLOCK_ELEMENTS, SUMS, LossEnsembleStats, train_on_loss
-from suite.training.engines import flops_per_member_step
 
 #: NNGP draws evolved together when the infinite-width ensemble is prepared
 INFINITE_CHUNK = 256
@@ -249,15 +249,14 @@ class LossSearch(Study):
 
     def cost(self, spec: SweepSpec, task: Task) -> TaskCost:
         """Per step and member, an update on every basis state
-        (:func:`suite.training.engines.flops_per_member_step` with ``B = D``, and ``12 D
-        n^2`` for each further hidden layer), and with ``search.linearised`` the
-        linearisations (:func:`jobs.studies.base.linearisation_flops`). The infinite-width
-        ensemble is prepared with the store, not by a task."""
+        (:func:`jobs.studies.base.member_step_flops` on the ``D`` states), and with
+        ``search.linearised`` the linearisations
+        (:func:`jobs.studies.base.linearisation_flops`). The infinite-width ensemble is
+        prepared with the store, not by a task."""
         basis = target_basis(spec)
         width, members = grid_value(spec, task)["width"], task.stop - task.start
         depth = spec.network.depth
-        per_step = members * flops_per_member_step(basis.dimension, width, basis.n_sites)
-        per_step += members * 12.0 * basis.dimension * width * width * (depth - 1)
+        per_step = members * member_step_flops(basis.dimension, width, basis.n_sites, depth)
         once = 0.0
         if spec.search.linearised:
             once, linear = linearisation_flops(
