@@ -159,7 +159,12 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     (the two standard errors combined), ``fluctuation`` ``|linearised - infinite|``
     (kernel fluctuation and sampling noise) and ``motion`` (the mean of ``|member - its
     linearisation|``: kernel motion); with ``search.continuous``, ``infinite_continuous``:
-    the infinite-width mean error in continuous time.
+    the infinite-width mean error in continuous time; with ``search.paired``, relative to
+    the infinite error as well, ``departure`` (the mean of ``|member - its infinite-width
+    partner|``, the partner its own initial function under the infinite-width QS-NTK) and
+    with ``search.linearised`` too ``paired_fluctuation`` (the mean of ``|its
+    linearisation - that partner|``): the departure from infinite-width dynamics and the
+    kernel fluctuation member by member, with no noise floor from two independent draws.
     """
     floor = float(data["loss_floor"])
     floor = 0.0 if np.isnan(floor) else floor
@@ -177,6 +182,10 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     if "infinite_continuous_values" in data:
         continuous = loss["infinite_continuous_values"] - floor
         optional["infinite_continuous"] = continuous.mean("member", skipna=False)
+    if "paired_departure" in data:
+        optional["departure"] = loss["paired_departure"] / reference
+    if "paired_fluctuation" in data:
+        optional["paired_fluctuation"] = loss["paired_fluctuation"] / reference
     return xr.Dataset(
         {
             **optional,

@@ -279,6 +279,8 @@ def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
     widths = data["width"].values.tolist()
     floor = float(data["loss_floor"])
     known = f"{floor:.12g}" if np.isfinite(floor) else "unknown (shot frequencies)"
+    search = data.attrs["spec"]["search"]  # stores made before search.paired lack it
+    linearised, paired = search["linearised"], search.get("paired", False)
     lines = [
         f"Loss: {data.attrs['loss']}; its floor {known}; learning-rate bound "
         f"eta_max = {float(data['eta_max']):.4g} (docs/theory.md §7.1).",
@@ -290,57 +292,64 @@ def _loss_search(data: xr.Dataset, out: Path) -> list[str]:
         lines += _image(
             figures.save(figures.search_figure(comparison, factor), out, f"search-lr{factor:g}"),
             out,
-            "Mean error against the step: finite widths, their linearisations, infinite width "
-            "(and its continuous-time flow with search.continuous)",
+            "Mean error against the step: finite widths"
+            + (", their linearisations" if linearised else "")
+            + ", infinite width (and its continuous-time flow with search.continuous)",
         )
         lines += _infinite_ensemble(data.sel(lr_factor=factor), at, floor)
         if data.attrs["study"] != "fidelity" and "infidelity" in data["value"].values:
             lines += _infidelities(data.sel(lr_factor=factor, value="infidelity"))
-        rows = []
-        for width in widths:
-            one = at.sel(width=width)
-            deviation = one["deviation"]
-            largest = int(deviation.fillna(-np.inf).argmax("step"))
-            last = deviation.dropna("step")
-            rows.append(
-                [
-                    width,
-                    float(deviation.max()),
-                    float(one["deviation_sem"][largest]),
-                    float(last[-1]) if last.size else np.nan,
-                    float(one["motion"].max()),
-                    float(one["fluctuation"].max()),
-                ]
-            )
-        if len(widths) > 1:
-            columns = list(zip(*rows, strict=True))
-            rows.append(
-                [
-                    "exponent",
-                    exponent_cell(widths, columns[1]),
-                    "",
-                    exponent_cell(widths, columns[3]),
-                    exponent_cell(widths, columns[4]),
-                    exponent_cell(widths, columns[5]),
-                ]
-            )
-        header = [
-            "width",
-            "largest deviation",
-            "its standard error",
-            "at the last resolved step",
-            "largest kernel motion",
-            "largest kernel fluctuation",
-        ]
-        lines += [
-            "Finite against infinite width, relative to the infinite-width mean error, over "
-            f"the resolved steps (step >= 1, that error above {RESOLVED_FRACTION:g} of its "
-            "start):",
-            "",
-            *markdown_table(header, rows),
-            "",
-        ]
+        lines += _width_table(at, widths, linearised, paired)
     return lines
+
+
+def _width_table(at: xr.Dataset, widths: list[int], linearised: bool, paired: bool) -> list[str]:
+    """Per width, the largest of each comparison over the resolved steps, with fitted
+    width exponents: the deviation (its standard error, its value at the last resolved
+    step), with ``search.linearised`` the kernel motion and fluctuation, with
+    ``search.paired`` the paired departure and with both the paired fluctuation
+    (docs/theory.md §7.3)."""
+    largest = {
+        "largest kernel motion": "motion" if linearised else None,
+        "largest kernel fluctuation": "fluctuation" if linearised else None,
+        "largest paired departure": "departure" if paired else None,
+        "largest paired fluctuation": "paired_fluctuation" if paired and linearised else None,
+    }
+    columns = {title: name for title, name in largest.items() if name}
+    rows = []
+    for width in widths:
+        one = at.sel(width=width)
+        deviation = one["deviation"]
+        top = int(deviation.fillna(-np.inf).argmax("step"))
+        last = deviation.dropna("step")
+        rows.append(
+            [
+                width,
+                float(deviation.max()),
+                float(one["deviation_sem"][top]),
+                float(last[-1]) if last.size else np.nan,
+                *(float(one[name].max()) for name in columns.values()),
+            ]
+        )
+    if len(widths) > 1:
+        fitted = list(zip(*rows, strict=True))
+        rows.append(
+            [
+                "exponent",
+                exponent_cell(widths, fitted[1]),
+                "",
+                *(exponent_cell(widths, column) for column in fitted[3:]),
+            ]
+        )
+    header = ["width", "largest deviation", "its standard error", "at the last resolved step"]
+    return [
+        "Finite against infinite width, relative to the infinite-width mean error, over "
+        f"the resolved steps (step >= 1, that error above {RESOLVED_FRACTION:g} of its "
+        "start):",
+        "",
+        *markdown_table([*header, *columns], rows),
+        "",
+    ]
 
 
 def _infidelities(point: xr.Dataset) -> list[str]:

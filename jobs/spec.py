@@ -152,11 +152,12 @@ class Search(Section):
     """Training on a whole-basis loss (ground_state, fidelity, tomography studies;
     docs/theory.md §7): ``steps`` gradient-descent steps logged at ``log_points`` steps
     (log-spaced from 0), the per-member linearisations with ``linearised``, the
-    infinite-width ensemble also in continuous time with ``continuous``, and for
+    infinite-width ensemble also in continuous time with ``continuous``, each member's
+    own initial function under the infinite-width QS-NTK with ``paired``, and for
     tomography the measurement ``bases`` besides all-Z and all-X (strings of X, Y, Z, one
     letter per site) and ``shots`` per basis (0: the exact Born distributions)."""
 
-    added_later = ("continuous",)
+    added_later = ("continuous", "paired")
 
     steps: Annotated[int, Meta(ge=1, le=10**7)] = 1000
     log_points: Annotated[int, Meta(ge=2, le=1000)] = 16
@@ -164,6 +165,7 @@ class Search(Section):
     bases: tuple[str, ...] = ()
     shots: Annotated[int, Meta(ge=0, le=10**9)] = 0
     continuous: bool = False
+    paired: bool = False
 
 
 class Entanglement(Section):

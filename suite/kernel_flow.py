@@ -60,9 +60,7 @@ def basis_kernels(
     """
     inputs = np.asarray(inputs, dtype=np.float64)
     n_sites = inputs.shape[1]
-    full_spin_basis = inputs.shape[0] == 1 << n_sites and np.array_equal(
-        inputs, SpinBasis(n_sites, max_dimension=inputs.shape[0]).inputs()
-    )
+    full_spin_basis = _is_full_spin_basis(inputs)
     if route not in ("auto", "walsh", "dense"):
         raise ValueError(f"route must be 'auto', 'walsh' or 'dense', got {route!r}")
     if route == "walsh" and not full_spin_basis:
@@ -71,6 +69,25 @@ def basis_kernels(
         nngp, ntk = gram(nnqs.infinite, inputs, inputs)
         return DensePairKernel.from_blocks(nngp), DensePairKernel.from_blocks(ntk)
     return walsh_kernels(nnqs, n_sites)
+
+
+def tangent_kernel(nnqs: NNQS, inputs: np.ndarray) -> BasisKernel:
+    """The infinite-width QS-NTK of ``nnqs`` alone on the basis ``inputs``, for products
+    (:func:`kernel_flow` from given functions): as :func:`basis_kernels` with
+    ``route="auto"``, but a dense kernel without the square root (and its
+    eigendecomposition) that sampling needs."""
+    inputs = np.asarray(inputs, dtype=np.float64)
+    if _is_full_spin_basis(inputs):
+        return walsh_kernels(nnqs, inputs.shape[1])[1]
+    return DensePairKernel.from_blocks(gram(nnqs.infinite, inputs, inputs)[1], with_root=False)
+
+
+def _is_full_spin_basis(inputs: np.ndarray) -> bool:
+    """Whether ``inputs`` are the full :class:`~suite.hilbert.SpinBasis`, in its order."""
+    n_sites = inputs.shape[1]
+    return inputs.shape[0] == 1 << n_sites and np.array_equal(
+        inputs, SpinBasis(n_sites, max_dimension=inputs.shape[0]).inputs()
+    )
 
 
 def walsh_kernels(nnqs: NNQS, n_sites: int) -> tuple[WalshPairKernel, WalshPairKernel]:

@@ -19,6 +19,11 @@ through :func:`suite.training.train_on_loss`, which is tested against it.
 :func:`linearised_flows` computes the same linearisations the other way round: each
 member's ``2D x 2D`` empirical QS-NTK once, then the kernel flow, ``O(D^2)`` a step
 whatever the width (up to :data:`KERNEL_ROUTE_DIMENSION` basis states).
+
+:func:`frozen_kernel_flows` evolves each member's own initial function under a given
+kernel instead (the infinite-width QS-NTK): paired with the member, it measures the
+member's departure from infinite-width dynamics without the sampling noise of drawing
+the initial functions (docs/theory.md §7.3).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 
 from suite.kernel_flow import FlowLog, kernel_flow
 from suite.kernels.empirical import empirical_qs_ntk
-from suite.kernels.full_basis import DensePairKernel
+from suite.kernels.full_basis import BasisKernel, DensePairKernel
 from suite.losses import Loss, real_gradient
 from suite.networks import NNQS, Params
 from suite.training.validation import check_learning_rate, check_steps
@@ -158,3 +163,25 @@ def linearised_flows(
     names = logs[0].values
     values = {name: np.concatenate([log.values[name] for log in logs], axis=1) for name in names}
     return FlowLog(logs[0].steps, values, np.empty((0,)))
+
+
+def frozen_kernel_flows(
+    nnqs: NNQS,
+    params: Params,
+    inputs: np.ndarray,
+    kernel: BasisKernel,
+    loss: Loss,
+    learning_rate: float,
+    steps: Sequence[int] | np.ndarray,
+    *,
+    observables: Mapping[str, Loss] | None = None,
+) -> FlowLog:
+    """Each member's own initial function ``psi_0`` (float64) evolved under the constant
+    ``kernel`` (:func:`suite.kernel_flow.kernel_flow`), e.g. the infinite-width QS-NTK of
+    :func:`suite.kernel_flow.tangent_kernel`: the infinite-width dynamics from the member's
+    own start, its partner in the paired comparison of docs/theory.md §7.3."""
+    check_steps(steps, "steps")
+    check_learning_rate(learning_rate)
+    x = jnp.asarray(inputs, dtype=jnp.float64)
+    psi0 = jax.lax.map(lambda own: nnqs.apply(own, x), params)  # one member's activations
+    return kernel_flow(kernel, loss, psi0, learning_rate, steps, observables=observables)

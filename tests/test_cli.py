@@ -214,3 +214,45 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path: Path) -> None
     )  # fmt: skip
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "0"
+
+
+@pytest.mark.parametrize("sites", [6, 11], ids=["kernel-route", "tangent-route"])
+def test_validate_prices_the_linearisations_and_partners_of_a_loss_study(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sites: int
+) -> None:
+    """A task of a loss study (jobs.studies.loss_search) costs per member and step one update
+    on the D basis states; ``search.linearised`` adds on up to 1,024 states each member's
+    2D x 2D empirical QS-NTK once (8 D^2 P) and a 2D x 2D product a step (8 D^2), beyond
+    that a second update a step (jobs.studies.base.linearisation_flops); ``search.paired``
+    adds each member's partner, a kernel-flow step on the Walsh-Hadamard route (4 D N for
+    the product, 8 D (N + 1) for the energy's gradient). P is counted here from the
+    network's own parameters, not from the cost model."""
+    import jax
+
+    from suite.networks import init_ensemble, mlp_nnqs
+    from suite.training.engines import flops_per_member_step
+
+    width, members, steps, dimension = 256, 32, 200, 2**sites
+    plans = {}
+    for linearised, paired in (("true", "false"), ("false", "false"), ("false", "true")):
+        spec = tmp_path / f"search-{linearised}-{paired}.toml"
+        spec.write_text(
+            f'[sweep]\nname = "price"\nstudy = "ground_state"\n[target]\nmodel = "tfim"\n'
+            f"lx = {sites}\nly = 1\nperiodic = false\nh = 3.0\n[grid]\nwidths = [{width}]\n"
+            f"lr_factors = [0.5]\n[ensemble]\nmembers = {members}\nshard_size = {members}\n"
+            f"[search]\nsteps = {steps}\nlinearised = {linearised}\npaired = {paired}\n"
+        )
+        status, out, _ = run_cli(capsys, "validate", str(spec), "--gflops", "50")
+        assert status == 0
+        (plans[linearised if paired == "false" else "paired"],) = json.loads(out)["per_task"]
+    params = init_ensemble(mlp_nnqs("decoupled", "relu", 1, width), 0, [0], sites)
+    parameters = sum(leaf.size for leaf in jax.tree.leaves(params))
+    update = members * steps * flops_per_member_step(dimension, width, sites)
+    assert plans["false"]["gflop"] == pytest.approx(update / 1e9, rel=1e-3)
+    if dimension <= 1024:
+        linear = members * (8 * dimension**2 * parameters + steps * 8 * dimension**2)
+    else:
+        linear = update
+    assert plans["true"]["gflop"] == pytest.approx((update + linear) / 1e9, rel=1e-3)
+    partners = members * steps * (4 * dimension * sites + 8 * dimension * (sites + 1))
+    assert plans["paired"]["gflop"] == pytest.approx((update + partners) / 1e9, rel=1e-3)

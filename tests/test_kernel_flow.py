@@ -21,6 +21,7 @@ from suite.kernel_flow import (
     kernel_flow,
     learning_rate_bound,
     spectrum_rates,
+    tangent_kernel,
 )
 from suite.kernels.empirical import empirical_qs_ntk
 from suite.kernels.full_basis import DensePairKernel, sample_functions
@@ -356,6 +357,27 @@ def test_walsh_route_needs_the_full_spin_basis() -> None:
         basis_kernels(RELU, HubbardBasis(4, 2, 2).inputs(), "walsh")
     with pytest.raises(ValueError, match="route must be"):
         basis_kernels(RELU, SpinBasis(3).inputs(), "fast")  # type: ignore[arg-type]
+
+
+def test_the_tangent_kernel_alone_is_basis_kernels_ntk_without_a_root() -> None:
+    """On a Hubbard sector the dense QS-NTK with no square root (none is built); on a full
+    spin basis the Walsh-Hadamard one. Members' partners under it
+    (:func:`suite.member_flow.frozen_kernel_flows`) are the kernel flow of their own initial
+    functions."""
+    inputs = HubbardBasis(4, 2, 2).inputs()
+    dense = tangent_kernel(RELU, inputs)
+    assert isinstance(dense, DensePairKernel) and dense.root is None
+    assert np.array_equal(dense.matrix, basis_kernels(RELU, inputs)[1].matrix)
+    walsh = tangent_kernel(RELU, SpinBasis(4).inputs())
+    assert isinstance(walsh, WalshPairKernel)
+    params = init_ensemble(RELU, 3, range(2), inputs.shape[1])
+    hamiltonian = hubbard_hamiltonian(Lattice(2, 2), HubbardBasis(4, 2, 2), t=1.0, U=4.0)
+    loss = Energy(SparseRows.from_csr(hamiltonian))
+    partners = member_flow.frozen_kernel_flows(RELU, params, inputs, dense, loss, 0.01, [0, 5])
+    psi0 = np.stack([RELU.apply(jax.tree.map(lambda leaf, i=i: leaf[i], params), inputs)
+                     for i in range(2)])  # fmt: skip
+    flow = kernel_flow(dense, loss, psi0, 0.01, [0, 5])
+    assert np.allclose(partners.values["loss"], flow.values["loss"], rtol=1e-12, atol=0)
 
 
 def test_gram_and_hamming_profiles_agree() -> None:

@@ -1,8 +1,9 @@
 """The ground_state, fidelity and tomography studies through ``nnqs run`` (docs/theory.md §7.3).
 
 A TFIM 2x2 ground-state sweep (widths 64 and 1024, 32 members in two shards, float64):
-its store holds the infinite-width ensemble and the finite members exactly as the
-library computes them, the kernel motion falls with width, the widest ensemble agrees
+its store holds the infinite-width ensemble, the finite members, their linearisations
+and their infinite-width partners exactly as the library computes them, the kernel
+motion and the paired departure fall with width, the widest ensemble agrees
 with infinite width within its standard errors, and the report says so. The fidelity and
 tomography sweeps learn their target; their specs are checked by name. A sweep stopped
 between tasks, with damage, resumes to the same bits.
@@ -16,6 +17,7 @@ import suite  # noqa: F401  (enables float64)
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ from analysis.compare import search_comparison
 from jobs.spec import SpecError, load_spec, parse_spec
 from jobs.sweep import execute_task, open_sweep
 from nnqs import cli
-from suite.kernel_flow import floor_spectrum, infinite_ensemble, walsh_kernels
+from suite.kernel_flow import floor_spectrum, infinite_ensemble, kernel_flow, walsh_kernels
 from suite.lattice import Lattice
 from suite.losses import Energy, Infidelity, SparseRows
 from suite.member_flow import member_flows
@@ -57,6 +59,7 @@ shard_size = 16
 [search]
 steps = 300
 log_points = 8
+paired = true
 """
 
 
@@ -79,8 +82,9 @@ def _energy() -> Energy:
 
 def test_the_store_holds_what_the_library_computes(ground_state: Path) -> None:
     """The infinite-width ensemble (the same NNGP draws, the same rate) with the spectrum at
-    the floor nearest each draw's last function, and the second shard's members at width 64
-    and their linearisations, recomputed here, to 1e-10."""
+    the floor nearest each draw's last function, and the second shard's members at width 64,
+    their linearisations and their partners (each one's initial function under the
+    infinite-width QS-NTK), recomputed here, to 1e-10."""
     data = xr.open_zarr(ground_state)
     steps = log_steps(300, 8)
     assert np.array_equal(data["step"].values, steps)
@@ -107,23 +111,32 @@ def test_the_store_holds_what_the_library_computes(ground_state: Path) -> None:
     flows = member_flows(
         nnqs, params, inputs, _energy(), rate, steps, linearised=True, observables=observables
     )
+    psi0 = np.stack([nnqs.apply(jax.tree.map(lambda leaf, i=i: leaf[i], params), inputs)
+                     for i in range(16)])  # fmt: skip
+    partners = kernel_flow(ntk, _energy(), psi0, rate, steps, observables=observables)
     at = {"lr_factor": 0, "width": 0, "member": slice(16, 32)}
     for name in ("loss", "infidelity"):
         finite = data["member_values"].isel(at).sel(value=name).values
         assert np.allclose(finite, stats.values[name].T, rtol=1e-10)
         linear = data["linearised_values"].isel(at).sel(value=name).values
         assert np.allclose(linear, flows.values[name].T, rtol=1e-10)
+        paired = data["paired_values"].isel(at).sel(value=name).values
+        assert np.allclose(paired, partners.values[name].T, rtol=1e-10)
 
 
 def test_wider_ensembles_move_less_and_agree_with_infinite_width(ground_state: Path) -> None:
     """Kernel motion (members against their own linearisations) shrinks with width, about
     width^-1/2: 16x wider must shrink it at least 2.5x (measured 4.1x). At width 1024 the
     mean error is within 3 standard errors of infinite width at every resolved step, and
-    the members stay within 2% of their linearisations (measured 1.7%)."""
+    the members stay within 2% of their linearisations (measured 1.7%). The paired
+    departure (each member against its own initial function under the infinite-width
+    QS-NTK) and the paired fluctuation shrink as well, at least 2.5x (measured 3.1x and
+    3.2x)."""
     comparison = search_comparison(xr.open_zarr(ground_state)).isel(lr_factor=0)
-    motion = comparison["motion"].max("step")
-    assert float(motion.sel(width=1024)) < float(motion.sel(width=64)) / 2.5
-    assert float(motion.sel(width=1024)) < 0.02
+    for name in ("motion", "departure", "paired_fluctuation"):
+        largest = comparison[name].max("step")
+        assert float(largest.sel(width=1024)) < float(largest.sel(width=64)) / 2.5, name
+    assert float(comparison["motion"].max("step").sel(width=1024)) < 0.02
     wide = comparison.sel(width=1024)
     resolved = wide["deviation"].notnull()
     assert int(resolved.sum()) >= 5  # the error stays above 1e-3 of its start (measured: 7)
@@ -139,6 +152,11 @@ def test_the_aggregates_are_the_member_means(ground_state: Path) -> None:
     assert np.allclose(data["linearised_mean_values"].values, linear.mean(axis=3), rtol=1e-14)
     motion = np.abs(values - linear).mean(axis=3)
     assert np.allclose(data["kernel_motion"].values, motion, rtol=1e-14, atol=0)
+    paired = data["paired_values"].values
+    departure = np.abs(values - paired).mean(axis=3)
+    assert np.allclose(data["paired_departure"].values, departure, rtol=1e-14, atol=0)
+    fluctuation = np.abs(linear - paired).mean(axis=3)
+    assert np.allclose(data["paired_fluctuation"].values, fluctuation, rtol=1e-14, atol=0)
     sums = data["sum_u"].sum("shard") + 1j * data["sum_v"].sum("shard")
     assert np.allclose(data["ensemble_mean"].values, sums.values / 32, rtol=1e-13)
 
@@ -156,8 +174,13 @@ def test_the_report_has_the_infinite_ensemble_and_the_width_table(
     assert [row.split(" |")[0] for row in rows] == [
         "| width 64", "| width 64, linearised", "| width 1024", "| width 1024, linearised",
     ]  # fmt: skip
+    header = next(line for line in report.splitlines() if line.startswith("| width |"))
+    assert header.split(" | ")[4:] == [
+        "largest kernel motion", "largest kernel fluctuation", "largest paired departure",
+        "largest paired fluctuation |",
+    ]  # fmt: skip
     rows = [line for line in report.splitlines() if line.startswith(("| 64 |", "| 1024 |"))]
-    assert len(rows) == 2
+    assert len(rows) == 2 and all("nan" not in row for row in rows)
     assert (ground_state.parent / "sweep.zarr.report" / "search-lr0.5.png").is_file()
 
 
@@ -191,7 +214,7 @@ linearised = {linearised}
     ("study", "linearised", "extra"),
     [
         ("fidelity", "true", "continuous = true"),
-        ("tomography", "false", 'bases = ["ZXZX"]\nshots = 5000'),
+        ("tomography", "false", 'bases = ["ZXZX"]\nshots = 5000\npaired = true'),
     ],
 )
 def test_fidelity_and_tomography_sweeps_learn_their_target(
@@ -215,6 +238,16 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
     assert infidelity[-1] < 0.5 * infidelity[0]
     linear = data["linearised_values"].values
     assert np.all(np.isnan(linear)) if linearised == "false" else np.all(np.isfinite(linear))
+    report = (tmp_path / "sweep.zarr.report" / "report.md").read_text()
+    assert ("largest kernel motion" in report) == (linearised == "true")  # no NaN columns
+    # partners (tomography): the departure, but no paired fluctuation without linearisations
+    paired = study == "tomography"
+    assert ("paired_departure" in data) == paired and "paired_fluctuation" not in data
+    assert ("largest paired departure" in report) == paired
+    assert "largest paired fluctuation" not in report
+    if paired:
+        departure = data["paired_departure"].sel(value="loss").values[0, 0, 1:]
+        assert np.all(np.isfinite(departure)) and np.all(departure > 0)
     assert ("floor_spectrum" in data) == (study == "fidelity")  # the floor is known
     if study == "fidelity":  # search.continuous: the gradient flow as the library gives it
         nngp, ntk = walsh_kernels(mlp_nnqs("decoupled", "relu", 1, 256), 4)
@@ -223,7 +256,6 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
         flow = infinite_ensemble(nngp, ntk, target, 0, 8, rate, data["step"].values, discrete=False)
         stored = data["infinite_continuous_values"].isel(lr_factor=0).sel(value="loss").values
         assert np.allclose(stored, flow.values["loss"].T, rtol=1e-10, atol=0)
-        report = (tmp_path / "sweep.zarr.report" / "report.md").read_text()
         assert "In continuous time (gradient flow, t counting steps)" in report
     else:
         assert "infinite_continuous_values" not in data

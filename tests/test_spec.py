@@ -40,6 +40,7 @@ EXPECTED_TASKS = {
     "scale-tfim4x4": (2 * 1 * 2, 2),
     "paper-hubbard-rate": (4 * 1 * 4, 1),
     "ground-state-tfim": (1 * 4, 4),
+    "ground-state-tfim-3x3": (1 * 4, 4),
     "fidelity-tfim": (1 * 4, 4),
     "tomography-tfim": (1 * 4, 4),
     "ground-state-hubbard": (1 * 4, 4),
@@ -201,6 +202,12 @@ def test_a_field_added_later_enters_the_fingerprint_only_off_its_default() -> No
     assert parse_spec(data).fingerprint() == shipped.fingerprint()
     data["search"]["continuous"] = True
     assert parse_spec(data).fingerprint() != shipped.fingerprint()
+    # so did search.paired
+    data = shipped.to_dict()
+    data["search"]["paired"] = False
+    assert parse_spec(data).fingerprint() == shipped.fingerprint()
+    data["search"]["paired"] = True
+    assert parse_spec(data).fingerprint() != shipped.fingerprint()
 
 
 def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
@@ -218,6 +225,7 @@ def test_the_checkpoint_cadence_is_not_in_the_fingerprint() -> None:
 #: them must still be found
 FINGERPRINTS = {
     "ground-state-tfim": "b8c7ba1141682a3a3f281e9409de0c07c27488086e3b7d37488d00811925ebab",
+    "ground-state-tfim-3x3": "ceba7ce4c257c4ead156a2cf2bc7da27cff3ec5b71bbb77d462c82e9fac6adb1",
     "fidelity-tfim": "17f2c05b01aabd47e5bb6cb8e7964a93bca694dcd510cc4642e71acbdfde76ea",
     "tomography-tfim": "7365a6e6a2c137e8feace94e2e3d195aa591fcc221386d56a996dd78049736b6",
     "ground-state-hubbard": "49429337593ddb1bb9069bfd534e5f6de15cf65d7d36d4b12bf61962c295644b",

@@ -24,10 +24,14 @@ kernel-preconditioned spectrum at the floor state nearest each draw's last funct
 which sets its asymptotic rate. A task trains ``shard_size`` members at one grid point
 (:func:`suite.training.train_on_loss`) and, with ``search.linearised``, evolves each
 under its own empirical QS-NTK at initialisation
-(:func:`suite.member_flow.linearised_flows`); it writes their logged values and the
+(:func:`suite.member_flow.linearised_flows`) and, with ``search.paired``, evolves each
+member's own initial function under the infinite-width QS-NTK
+(:func:`suite.member_flow.frozen_kernel_flows`); it writes their logged values and the
 shard's sums of ``psi``. Aggregating a point gives the members' mean of each value, the
-linearisations' mean, the kernel motion (each member against its own linearisation) and
-the ensemble mean of psi.
+linearisations' mean, the kernel motion (each member against its own linearisation),
+with ``search.paired`` the paired departure (each member against its infinite-width
+partner) and the paired fluctuation (its linearisation against that partner), and the
+ensemble mean of psi.
 """
 
 from __future__ import annotations
@@ -73,10 +77,11 @@ from suite.kernel_flow import (
     floor_spectrum,
     infinite_ensemble,
     learning_rate_bound,
+    tangent_kernel,
 )
 from suite.kernels.full_basis import MAX_DENSE_DIMENSION, sample_functions
 from suite.losses import Energy, Infidelity, Loss, SparseRows, check_bases, tomography_targets
-from suite.member_flow import linearised_flows
+from suite.member_flow import frozen_kernel_flows, linearised_flows
 from suite.networks import init_ensemble
 from suite.store import ArraySpec, Region, SweepStore
 from suite.supervised import log_steps
@@ -207,8 +212,8 @@ class LossSearch(Study):
         return Layout(arrays, initial, {"loss": self.describes}, [])
 
     def run(self, spec: SweepSpec, store: SweepStore, task: Task) -> list[tuple[str, Region]]:
-        """Train the task's members at its grid point, then their linearisations; write
-        their values and the shard's sums."""
+        """Train the task's members at its grid point, then their linearisations and their
+        infinite-width partners; write their values and the shard's sums."""
         r, w = task.point
         inputs, steps = store.read("inputs"), store.read("step")
         problem = self.problem(spec, store.read("target_state"))
@@ -220,18 +225,28 @@ class LossSearch(Study):
                 learning_rate=rate, log_steps=steps, observables=problem.observables,
                 dtype=spec.sweep.dtype, checkpoints=checkpoints,
             )  # fmt: skip
-            linearised = None
-            if spec.search.linearised:
+            references = {}
+            if spec.search.linearised or spec.search.paired:
                 params = init_ensemble(nnqs, spec.sweep.seed, task.members, inputs.shape[1])
-                flows = linearised_flows(
+            if spec.search.linearised:
+                references["linearised_values"] = linearised_flows(
                     nnqs, params, inputs, problem.loss, rate, steps,
                     observables=problem.observables,
                 )  # fmt: skip
-                linearised = np.stack([flows.values[name].T for name in problem.names])
-            return _write_results(store, task, problem.names, stats, linearised)
+            if spec.search.paired:
+                references["paired_values"] = frozen_kernel_flows(
+                    nnqs, params, inputs, tangent_kernel(nnqs, inputs), problem.loss, rate,
+                    steps, observables=problem.observables,
+                )  # fmt: skip
+            logged = {
+                name: np.stack([flows.values[value].T for value in problem.names])
+                for name, flows in references.items()
+            }
+            return _write_results(store, task, problem.names, stats, logged)
 
     def aggregate(self, store: SweepStore, point: tuple[int, ...]) -> None:
-        """Members' mean values, the linearisations' means, the kernel motion and the
+        """Members' mean values, the linearisations' means, the kernel motion, in a store
+        with partners (``search.paired``) the paired departure and fluctuation, and the
         ensemble mean of psi at ``point`` (standard errors come from the member values:
         :func:`analysis.compare.standard_error`)."""
         r, w = point
@@ -244,6 +259,13 @@ class LossSearch(Study):
         store.write("linearised_mean_values", (*at, *whole[:2]), linear.mean(axis=1)[None, None])
         motion = np.abs(values - linear).mean(axis=1)
         store.write("kernel_motion", (*at, *whole[:2]), motion[None, None])
+        if "paired_values" in store.group:
+            paired = store.read("paired_values", (*at, *whole))[0, 0]
+            departure = np.abs(values - paired).mean(axis=1)
+            store.write("paired_departure", (*at, *whole[:2]), departure[None, None])
+            if "paired_fluctuation" in store.group:  # with search.linearised
+                fluctuation = np.abs(linear - paired).mean(axis=1)
+                store.write("paired_fluctuation", (*at, *whole[:2]), fluctuation[None, None])
         mean = (shard_total(store, "sum_u", at) + 1j * shard_total(store, "sum_v", at)) / members
         store.write("ensemble_mean", (*at, *whole[:2]), mean[None, None])
 
@@ -251,8 +273,9 @@ class LossSearch(Study):
         """Per step and member, an update on every basis state
         (:func:`jobs.studies.base.member_step_flops` on the ``D`` states), and with
         ``search.linearised`` the linearisations
-        (:func:`jobs.studies.base.linearisation_flops`). The infinite-width ensemble is
-        prepared with the store, not by a task."""
+        (:func:`jobs.studies.base.linearisation_flops`), with ``search.paired`` the
+        infinite-width partners (:func:`_partner_step_flops`). The infinite-width ensemble
+        is prepared with the store, not by a task."""
         basis = target_basis(spec)
         width, members = grid_value(spec, task)["width"], task.stop - task.start
         depth = spec.network.depth
@@ -263,6 +286,9 @@ class LossSearch(Study):
                 basis.dimension, members, width, basis.n_sites, depth, parameter_count(spec, width)
             )
             per_step += linear
+        if spec.search.paired:
+            walsh = spec.target["model"] == "tfim"
+            per_step += members * _partner_step_flops(basis.dimension, basis.n_sites, walsh)
         return TaskCost(per_step * spec.search.steps + once, per_step)
 
     def checkpoint_bytes(self, spec: SweepSpec) -> int:
@@ -290,9 +316,11 @@ class LossSearch(Study):
         spectra. A shard: its
         parameters three times, the engine's blocks (``suite.training.BLOCK_ELEMENTS`` per
         lane, three per hidden layer), its outputs on the basis and their gradient (four
-        real ``m x D``), the shard's sums (``5 x steps x D`` three times), and the
-        linearisations (:func:`jobs.studies.base.linearisation_bytes`). Aggregating a
-        point: its values, linearisations, sums and the ensemble mean."""
+        real ``m x D``), the shard's sums (``5 x steps x D`` three times), the
+        linearisations (:func:`jobs.studies.base.linearisation_bytes`), and with
+        ``search.paired`` the infinite-width partners (as a chunk of the ensemble, and the
+        dense kernels on a Hubbard sector). Aggregating a point: its values,
+        linearisations, partners, sums and the ensemble mean."""
         basis = target_basis(spec)
         dimension, n_sites = basis.dimension, basis.n_sites
         members, size = spec.ensemble.members, spec.ensemble.shard_size
@@ -318,12 +346,14 @@ class LossSearch(Study):
         tangents = 0
         if spec.search.linearised:
             tangents = linearisation_bytes(dimension, size, width, depth)
+        partners = 16 * 16 * size * dimension + dense if spec.search.paired else 0
         programs = PROGRAM_BYTES * min(32, grid_point_count(spec))
         shard = (
             BASELINE_BYTES + programs + parameters + intermediates + outputs + tangents
-            + 32 * dimension * (n_sites + 2)
+            + partners + 32 * dimension * (n_sites + 2)
         )  # fmt: skip
-        point = 8 * (3 * values * members * steps + 4 * steps * dimension)
+        point = 8 * ((4 if spec.search.paired else 3) * values * members * steps)
+        point += 8 * 4 * steps * dimension
         return {
             "preparation": preparation,
             "shard": shard,
@@ -461,6 +491,43 @@ class LossSearch(Study):
                     f"training leaves the lazy regime {logged}",
                 ),
             ),
+            *(
+                [
+                    array_spec(
+                        "paired_values", per_member, (*point, n_v, size, n_l),
+                        about=About(
+                            "infinite-width partner's value", "1",
+                            "each member's own initial function evolved under the "
+                            f"infinite-width QS-NTK at the same rate {logged}",
+                        ),
+                    ),
+                    array_spec(
+                        "paired_departure", per_value, (*point, n_v, n_l),
+                        about=About(
+                            "paired departure", "1",
+                            "mean over the members of |value - its infinite-width partner's "
+                            f"value|: kernel motion and kernel fluctuation together {logged}",
+                        ),
+                    ),
+                ]
+                if spec.search.paired
+                else []
+            ),
+            *(
+                [
+                    array_spec(
+                        "paired_fluctuation", per_value, (*point, n_v, n_l),
+                        about=About(
+                            "paired kernel fluctuation", "1",
+                            "mean over the members of |linearisation's value - infinite-width "
+                            "partner's value|: the member's empirical QS-NTK at "
+                            f"initialisation against the infinite-width one {logged}",
+                        ),
+                    ),
+                ]
+                if spec.search.paired and spec.search.linearised
+                else []
+            ),
             array_spec(
                 "ensemble_mean", {**grid, "step": n_l, "basis": dimension},
                 (*point, n_l, dimension), "<c16",
@@ -473,6 +540,16 @@ def _has_spectrum(spec: SweepSpec) -> bool:
     """Whether the store holds ``floor_spectrum``: the floor state is known (no shots) and
     the basis has at most :data:`suite.kernel_flow.SPECTRUM_DIMENSION` states."""
     return not spec.search.shots and target_basis(spec).dimension <= SPECTRUM_DIMENSION
+
+
+def _partner_step_flops(dimension: int, n_sites: int, walsh: bool) -> float:
+    """About the work of one kernel-flow step of one function
+    (:func:`suite.kernel_flow.kernel_flow`): the kernel's product with the gradient (dense
+    ``2D x 2D``: ``8 D^2``; Walsh-Hadamard: four transforms of ``D N`` additions) and the
+    loss's gradient (about ``8 D (N + 1)``, the TFIM Hamiltonian's ``N + 1`` terms a
+    state)."""
+    product = 4.0 * dimension * n_sites if walsh else 8.0 * dimension**2
+    return product + 8.0 * dimension * (n_sites + 1)
 
 
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
@@ -493,18 +570,22 @@ def _write_results(
     task: Task,
     names: tuple[str, ...],
     stats: LossEnsembleStats,
-    linearised: np.ndarray | None,
+    references: dict[str, np.ndarray],
 ) -> list[tuple[str, Region]]:
-    """A task's member values, linearisations and shard sums into its own chunks."""
+    """A task's member values, the values of their references (``linearised_values``,
+    NaN without ``search.linearised``; ``paired_values`` with ``search.paired``) and its
+    shard sums into its own chunks."""
     at = tuple(slice(i, i + 1) for i in task.point)
     members = (*at, slice(None), slice(task.start, task.stop), slice(None))
     values = np.stack([stats.values[name].T for name in names])
-    if linearised is None:
-        linearised = np.full_like(values, NAN)
-    store.write("member_values", members, values[None, None])
-    store.write("linearised_values", members, linearised[None, None])
-    regions = [("member_values", members), ("linearised_values", members)]
-    return regions + write_shard_sums(store, task, stats)
+    logged = {
+        "member_values": values,
+        "linearised_values": np.full_like(values, NAN),
+        **references,
+    }
+    for name, array in logged.items():
+        store.write(name, members, array[None, None])
+    return [(name, members) for name in logged] + write_shard_sums(store, task, stats)
 
 
 class GroundState(LossSearch):

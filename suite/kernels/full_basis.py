@@ -68,8 +68,9 @@ class DensePairKernel:
     root: Array | None
 
     @classmethod
-    def from_blocks(cls, blocks: PairKernel) -> DensePairKernel:
-        """From the ``(D, D)`` blocks of a Gram matrix (:func:`suite.kernels.gram.gram`)."""
+    def from_blocks(cls, blocks: PairKernel, with_root: bool = True) -> DensePairKernel:
+        """From the ``(D, D)`` blocks of a Gram matrix (:func:`suite.kernels.gram.gram`);
+        without ``with_root``, for products only (no eigendecomposition)."""
         dimension = np.shape(blocks.uu)[0]
         if dimension > MAX_DENSE_DIMENSION:
             raise ValueError(
@@ -77,6 +78,8 @@ class DensePairKernel:
                 f"(full spin bases use the Walsh-Hadamard route)"
             )
         matrix = np.block([[blocks.uu, blocks.uv], [blocks.vu, blocks.vv]]).astype(np.float64)
+        if not with_root:
+            return cls(jnp.asarray(matrix), None)
         values, vectors = np.linalg.eigh(0.5 * (matrix + matrix.T))
         root = None
         if is_positive_semidefinite(values):
