@@ -153,8 +153,9 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     ``infinite``, ``finite``, ``linearised``: the mean error of the infinite-width
     ensemble, of the finite members and of their linearisations (a member whose loss is
     not finite makes its mean NaN: it is not averaged away); ``finite_sem`` and
-    ``infinite_sem``: their standard errors; on the resolved steps (``step >= 1`` and the
-    infinite error above :data:`RESOLVED_FRACTION` of its start; NaN elsewhere), relative
+    ``infinite_sem``: their standard errors; ``resolved``: the resolved steps (``step >=
+    1`` and the infinite error above :data:`RESOLVED_FRACTION` of its start); on them
+    (NaN elsewhere), relative
     to the infinite error: ``deviation`` ``|finite - infinite|``, ``deviation_sem``
     (the two standard errors combined), ``fluctuation`` ``|linearised - infinite|``
     (kernel fluctuation and sampling noise) and ``motion`` (the mean of ``|member - its
@@ -189,6 +190,7 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(
         {
             **optional,
+            "resolved": resolved,
             "infinite": infinite,
             "infinite_sem": infinite_sem,
             "finite": finite,

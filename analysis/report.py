@@ -318,17 +318,16 @@ def _width_table(at: xr.Dataset, widths: list[int], linearised: bool, paired: bo
     columns = {title: name for title, name in largest.items() if name}
     rows = []
     for width in widths:
-        one = at.sel(width=width)
+        one = at.sel(width=width).where(at["resolved"], drop=True)  # a diverged member: NaN
         deviation = one["deviation"]
-        top = int(deviation.fillna(-np.inf).argmax("step"))
-        last = deviation.dropna("step")
+        top = int(deviation.fillna(np.inf).argmax("step")) if one.sizes["step"] else 0
         rows.append(
             [
                 width,
-                float(deviation.max()),
-                float(one["deviation_sem"][top]),
-                float(last[-1]) if last.size else np.nan,
-                *(float(one[name].max()) for name in columns.values()),
+                float(deviation.max(skipna=False)),
+                float(one["deviation_sem"][top]) if one.sizes["step"] else np.nan,
+                float(deviation[-1]) if one.sizes["step"] else np.nan,
+                *(float(one[name].max(skipna=False)) for name in columns.values()),
             ]
         )
     if len(widths) > 1:

@@ -11,7 +11,7 @@ except ``sweep.name`` and ``sweep.study``; unknown sections and keys are refused
                    widths, architectures, cosnet_s0     (entanglement)
     [ensemble]     members, shard_size
     [training]     log_points, max_steps, tolerance, target_scale, linearised (dynamics)
-    [search]       steps, log_points, linearised, bases, shots, continuous
+    [search]       steps, log_points, linearised, bases, shots, continuous, paired
                    (ground_state, fidelity, tomography)
     [entanglement] n_sites, cosnet_s1, gaussnet_s0, gaussnet_sb, relu_depth
     [kernels]      full, block                          (kernels, dynamics)

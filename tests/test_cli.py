@@ -224,9 +224,9 @@ def test_validate_prices_the_linearisations_and_partners_of_a_loss_study(
     on the D basis states; ``search.linearised`` adds on up to 1,024 states each member's
     2D x 2D empirical QS-NTK once (8 D^2 P) and a 2D x 2D product a step (8 D^2), beyond
     that a second update a step (jobs.studies.base.linearisation_flops); ``search.paired``
-    adds each member's partner, a kernel-flow step on the Walsh-Hadamard route (4 D N for
-    the product, 8 D (N + 1) for the energy's gradient). P is counted here from the
-    network's own parameters, not from the cost model."""
+    adds each member's partner, a kernel-flow step on the Walsh-Hadamard route (the
+    documented model: 4 D N for the product, 8 D (N + 1) for the energy's gradient). P is
+    counted here from the network's own parameters, not from the cost model."""
     import jax
 
     from suite.networks import init_ensemble, mlp_nnqs

@@ -370,6 +370,10 @@ def test_the_tangent_kernel_alone_is_basis_kernels_ntk_without_a_root() -> None:
     assert np.array_equal(dense.matrix, basis_kernels(RELU, inputs)[1].matrix)
     walsh = tangent_kernel(RELU, SpinBasis(4).inputs())
     assert isinstance(walsh, WalshPairKernel)
+    reference = basis_kernels(RELU, SpinBasis(4).inputs(), "dense")[1]
+    u, v = np.random.default_rng(0).normal(size=(2, 3, 16))
+    for got, want in zip(walsh.apply(u, v), reference.apply(u, v), strict=True):
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
     params = init_ensemble(RELU, 3, range(2), inputs.shape[1])
     hamiltonian = hubbard_hamiltonian(Lattice(2, 2), HubbardBasis(4, 2, 2), t=1.0, U=4.0)
     loss = Energy(SparseRows.from_csr(hamiltonian))

@@ -34,6 +34,7 @@ from suite.losses import Energy, Infidelity, SparseRows
 from suite.member_flow import member_flows
 from suite.networks import init_ensemble, mlp_nnqs
 from suite.operators import tfim_hamiltonian
+from suite.store import SweepStore
 from suite.supervised import log_steps
 from suite.training import train_on_loss
 
@@ -223,7 +224,9 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
     """Finite and infinite width: the mean loss and the infidelity to the target (the
     fidelity study's loss, a logged observable of tomography) fall to below half their
     start; without linearisations their values are NaN; with search.continuous the store
-    holds the infinite-width gradient flow as the library computes it (to 1e-10)."""
+    holds the infinite-width gradient flow as the library computes it (to 1e-10); the
+    report shows the comparisons the spec computed, also for a store made before
+    search.paired existed."""
     text = SMALL.format(study=study, linearised=linearised, extra=extra)
     data = xr.open_zarr(run_sweep(tmp_path, text))
     floor = float(data["loss_floor"])  # unknown with shot frequencies
@@ -257,6 +260,17 @@ def test_fidelity_and_tomography_sweeps_learn_their_target(
         stored = data["infinite_continuous_values"].isel(lr_factor=0).sel(value="loss").values
         assert np.allclose(stored, flow.values["loss"].T, rtol=1e-10, atol=0)
         assert "In continuous time (gradient flow, t counting steps)" in report
+        # a store made before search.paired existed (its spec has no such key) reports
+        store = SweepStore(tmp_path / "sweep.zarr")
+        spec = store.attrs["spec"]
+        del spec["search"]["paired"]
+        store.update_attrs(spec=spec)
+        store.consolidate()
+        old = tmp_path / "old-report"
+        assert cli.main(["report", str(tmp_path / "sweep.zarr"), "--out", str(old)]) == 0
+        table = (old / "report.md").read_text().split("Finite against infinite width")[1]
+        assert "largest kernel motion" in table and "paired" not in table
+        assert "nan" not in table.split("| exponent")[0]
     else:
         assert "infinite_continuous_values" not in data
 

@@ -274,8 +274,10 @@ class LossSearch(Study):
         (:func:`jobs.studies.base.member_step_flops` on the ``D`` states), and with
         ``search.linearised`` the linearisations
         (:func:`jobs.studies.base.linearisation_flops`), with ``search.paired`` the
-        infinite-width partners (:func:`_partner_step_flops`). The infinite-width ensemble
-        is prepared with the store, not by a task."""
+        infinite-width partners (:func:`_partner_step_flops`; on a Hubbard sector the
+        task's one dense Gram of the kernel, ``O(D^2)``, is left out: the partners'
+        steps cost ``8 D^2`` per member each). The infinite-width ensemble is prepared
+        with the store, not by a task."""
         basis = target_basis(spec)
         width, members = grid_value(spec, task)["width"], task.stop - task.start
         depth = spec.network.depth
