@@ -144,6 +144,13 @@ def linearisation_comparison(data: xr.Dataset) -> xr.Dataset:
 RESOLVED_FRACTION = 1e-3
 
 
+def resolved_steps(error: xr.DataArray) -> xr.DataArray:
+    """The logged steps at which a comparison divides by the mean ``error`` (along
+    ``step``): after the first, while it is above :data:`RESOLVED_FRACTION` of its start."""
+    steps = error["step"]
+    return (steps != steps[0]) & (error > RESOLVED_FRACTION * error.isel(step=0))
+
+
 def search_comparison(data: xr.Dataset) -> xr.Dataset:
     """Finite against infinite width in an aggregated loss study (ground_state, fidelity,
     tomography; docs/theory.md §7.3), per ``lr_factor``, ``width`` and logged step.
@@ -176,8 +183,7 @@ def search_comparison(data: xr.Dataset) -> xr.Dataset:
     finite = loss["mean_values"] - floor
     finite_sem = standard_error(loss["member_values"])
     linearised = loss["linearised_mean_values"] - floor
-    steps = data["step"]
-    resolved = (steps != steps[0]) & (infinite > RESOLVED_FRACTION * infinite.isel(step=0))
+    resolved = resolved_steps(infinite)
     reference = infinite.where(resolved)
     optional = {}
     if "infinite_continuous_values" in data:

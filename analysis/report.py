@@ -31,6 +31,7 @@ from analysis.compare import (
     linearisation_comparison,
     open_aggregated,
     relative_deviations,
+    resolved_steps,
     search_comparison,
     standard_error,
 )
@@ -386,7 +387,7 @@ def _infinite_ensemble(point: xr.Dataset, at: xr.Dataset, floor: float) -> list[
     ]
     if "infinite_continuous" in at:
         continuous = at["infinite_continuous"].values
-        resolved = (steps != steps[0]) & (continuous > RESOLVED_FRACTION * continuous[0])
+        resolved = resolved_steps(at["infinite_continuous"]).values
         gap = np.abs(infinite - continuous)[resolved] / continuous[resolved]
         if not np.isfinite(infinite).all():
             largest = "an undefined amount (a discrete member is not finite)"
